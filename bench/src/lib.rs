@@ -1,0 +1,1 @@
+//! egw benchmarks.

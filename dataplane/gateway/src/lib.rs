@@ -1,0 +1,1 @@
+//! egw-gateway library (in progress).

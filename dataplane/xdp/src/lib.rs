@@ -1,0 +1,1 @@
+//! AF_XDP I/O layer (in progress).

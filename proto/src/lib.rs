@@ -1,0 +1,1 @@
+//! egw.v1 gRPC API (generated code lands here).
