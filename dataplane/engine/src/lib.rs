@@ -1,1 +1,3 @@
 //! egw engine
+
+pub mod route;
