@@ -75,8 +75,14 @@ impl ChecksumDelta {
     #[inline]
     pub fn address(self, old: Ipv4Addr, new: Ipv4Addr) -> Self {
         let (o, n) = (old.octets(), new.octets());
-        self.word(u16::from_be_bytes([o[0], o[1]]), u16::from_be_bytes([n[0], n[1]]))
-            .word(u16::from_be_bytes([o[2], o[3]]), u16::from_be_bytes([n[2], n[3]]))
+        self.word(
+            u16::from_be_bytes([o[0], o[1]]),
+            u16::from_be_bytes([n[0], n[1]]),
+        )
+        .word(
+            u16::from_be_bytes([o[2], o[3]]),
+            u16::from_be_bytes([n[2], n[3]]),
+        )
     }
 
     /// Merges another delta into this one (e.g. address change + port change for TCP).
@@ -137,7 +143,8 @@ mod tests {
 
     #[test]
     fn udp_zero_checksum_is_preserved() {
-        let delta = ChecksumDelta::new().address(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(1, 2, 3, 4));
+        let delta =
+            ChecksumDelta::new().address(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(1, 2, 3, 4));
         assert_eq!(delta.apply_udp(0), 0);
     }
 

@@ -464,6 +464,12 @@ impl RouteTable {
         }
     }
 
+    /// Whether `src` matches a source entry (otherwise the table default applies): lets the
+    /// engine tell "no policy for this pod" apart from "the policy denies this destination".
+    pub fn source_has_policy(&self, src: Ipv4Addr) -> bool {
+        self.sources.longest_match(u32::from(src)).is_some()
+    }
+
     /// Decides what to do with a new flow from `src` to `dst`. Allocation-free: at most one hash
     /// probe per distinct prefix length present among the sources, then among the policy's rules.
     pub fn lookup(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Decision {

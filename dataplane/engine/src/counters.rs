@@ -1,0 +1,154 @@
+//! Per-core counters. Dropping a packet is a normal, counted outcome with a named reason.
+
+use std::fmt;
+
+macro_rules! drop_reasons {
+    ($( $(#[$doc:meta])* $variant:ident => $name:literal, )*) => {
+        /// Why the engine dropped a packet. Every drop increments exactly one of these.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum DropReason { $( $(#[$doc])* $variant, )* }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The stable snake_case name used in metrics, the gRPC status and logs.
+            pub fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Shorter than an Ethernet header (or its VLAN tag).
+    BadEthernet => "bad_ethernet",
+    /// Not IPv4 (the XDP program passes everything else to the kernel, so this is a steering bug
+    /// or a hand-crafted frame).
+    NotIpv4 => "not_ipv4",
+    /// IPv4 version, IHL or total length inconsistent with the frame.
+    BadIpv4Header => "bad_ipv4_header",
+    BadIpv4Checksum => "bad_ipv4_checksum",
+    /// TCP/UDP/ICMP header truncated or inconsistent.
+    BadTransportHeader => "bad_transport_header",
+    /// IP protocol the gateway does not translate (e.g. GRE, SCTP).
+    UnsupportedProtocol => "unsupported_protocol",
+    /// ICMP type the gateway does not translate (e.g. timestamp, redirect).
+    UnsupportedIcmp => "unsupported_icmp",
+    /// An ICMP error whose checksum does not verify (RFC 5508 REQ-3).
+    BadIcmpChecksum => "bad_icmp_checksum",
+    /// An ICMP error whose quoted packet is truncated, fragmented or not translatable.
+    BadIcmpError => "bad_icmp_error",
+    /// The route table's policy for this source and destination is `Deny`.
+    Denied => "denied",
+    /// The source matches no policy and the table's default denies it (no open relay).
+    NoPolicy => "no_policy",
+    /// Every address of the selected pool is draining.
+    NoExternalAddress => "no_external_address",
+    /// The connection-tracking table is full; established flows are never evicted for new ones.
+    TableFull => "table_full",
+    /// No port is free on the selected external address for this destination.
+    PortsExhausted => "ports_exhausted",
+    /// An inbound packet matches no flow (unsolicited, or a spoofed return packet).
+    NoFlow => "no_flow",
+    /// A TCP segment other than SYN tries to open a flow.
+    TcpNotSyn => "tcp_not_syn",
+    /// TTL would reach zero (an ICMP Time Exceeded is sent where allowed).
+    TtlExceeded => "ttl_exceeded",
+    /// Larger than the egress MTU with DF set (an ICMP Fragmentation Needed is sent).
+    FragmentationNeeded => "fragmentation_needed",
+    /// Larger than the egress MTU without DF: the gateway does not fragment.
+    TooBigToForward => "too_big_to_forward",
+    /// A later fragment whose first fragment never arrived in time.
+    FragmentTimeout => "fragment_timeout",
+    /// The fragment-tracking table or its out-of-order stash is full.
+    FragmentTableFull => "fragment_table_full",
+    /// The packet's destination is not an external address of this gateway.
+    NotForGateway => "not_for_gateway",
+    /// ICMP error generation was rate-limited (RFC 1812 4.3.2.8).
+    IcmpRateLimited => "icmp_rate_limited",
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Drop counts indexed by [`DropReason`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropCounters([u64; DropReason::COUNT]);
+
+impl Default for DropCounters {
+    fn default() -> Self {
+        Self([0; DropReason::COUNT])
+    }
+}
+
+impl DropCounters {
+    #[inline]
+    pub fn record(&mut self, reason: DropReason) {
+        self.0[reason as usize] += 1;
+    }
+
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Non-zero reasons, for display and metrics.
+    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.iter().map(|&r| (r, self.get(r)))
+    }
+}
+
+/// One core's counters. Plain integers: only the owning core writes them; the I/O layer copies a
+/// snapshot out between batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Packets translated pod → internet.
+    pub outbound_packets: u64,
+    pub outbound_bytes: u64,
+    /// Packets translated internet → pod.
+    pub inbound_packets: u64,
+    pub inbound_bytes: u64,
+    /// Packets forwarded unchanged by a `Bypass` rule.
+    pub bypassed_packets: u64,
+    /// ICMP errors generated by the gateway itself.
+    pub icmp_errors_sent: u64,
+    /// ICMP errors from either side translated (RFC 5508).
+    pub icmp_errors_translated: u64,
+    /// Packets handed to the core that owns their flow.
+    pub handoffs: u64,
+    pub flows_created: u64,
+    pub flows_expired: u64,
+    pub fragments_stashed: u64,
+    pub drops: DropCounters,
+}
+
+impl Counters {
+    /// Adds another core's counters (for totals).
+    pub fn accumulate(&mut self, other: &Counters) {
+        self.rx_packets += other.rx_packets;
+        self.rx_bytes += other.rx_bytes;
+        self.outbound_packets += other.outbound_packets;
+        self.outbound_bytes += other.outbound_bytes;
+        self.inbound_packets += other.inbound_packets;
+        self.inbound_bytes += other.inbound_bytes;
+        self.bypassed_packets += other.bypassed_packets;
+        self.icmp_errors_sent += other.icmp_errors_sent;
+        self.icmp_errors_translated += other.icmp_errors_translated;
+        self.handoffs += other.handoffs;
+        self.flows_created += other.flows_created;
+        self.flows_expired += other.flows_expired;
+        self.fragments_stashed += other.fragments_stashed;
+        for (reason, count) in other.drops.iter() {
+            self.drops.0[reason as usize] += count;
+        }
+    }
+}
