@@ -5,9 +5,9 @@
 use std::net::Ipv4Addr;
 
 use egw_engine::testkit::{
-    fragment_packet, icmp_quote, ip_packet_of, reassemble, truncated, BuildError, DecodeError,
-    Decoded, EchoKind, InnerL4, MacAddr, PacketBuilder, ReassembleError, TcpFlags, VlanTag,
-    ETHERTYPE_VLAN, L4,
+    assert_frames_eq, field_at, fragment_packet, frame_difference, icmp_quote, ip_packet_of,
+    reassemble, summarize, truncated, BuildError, DecodeError, Decoded, EchoKind, InnerL4, MacAddr,
+    PacketBuilder, ReassembleError, TcpFlags, VlanTag, ETHERTYPE_VLAN, L4,
 };
 use proptest::prelude::*;
 
@@ -797,4 +797,60 @@ proptest! {
         let decoded = Decoded::parse(&reassembled).map_err(|error| TestCaseError::fail(error.to_string()))?;
         prop_assert!(decoded.checksums_ok(), "{}", decoded);
     }
+}
+
+// ---- Assertions --------------------------------------------------------------------------------
+
+#[test]
+fn frame_differences_name_the_field() {
+    let sent = tcp_syn().build();
+    assert_eq!(frame_difference(&sent, &sent), None);
+    let translated = tcp_syn().ipv4(Ipv4Addr::new(192, 0, 2, 1), REMOTE).build();
+    let message = frame_difference(&translated, &sent).unwrap();
+    // 18 bytes of L2, then the header checksum at 10..12 differs before the source address.
+    assert!(
+        message.starts_with("frames differ at byte 28 (ipv4 header checksum)"),
+        "{message}"
+    );
+    assert!(message.contains("ipv4 192.0.2.1>203.0.113.10"), "{message}");
+    let mut reported = sent.clone();
+    reported[18 + 20 + 17] ^= 1;
+    let message = frame_difference(&reported, &sent).unwrap();
+    assert!(message.contains("(tcp checksum)"), "{message}");
+    assert!(message.contains("csum BAD"), "{message}");
+    let message = frame_difference(&sent[..38], &sent).unwrap();
+    assert!(
+        message.contains("at byte 38 (tcp source port): actual end"),
+        "{message}"
+    );
+    assert!(message.contains("undecodable 38-byte frame"), "{message}");
+
+    assert_eq!(field_at(&sent, 0), "eth destination");
+    assert_eq!(field_at(&sent, 15), "VLAN tag control");
+    assert_eq!(field_at(&sent, 18 + 8), "ipv4 TTL");
+    assert_eq!(field_at(&sent, 18 + 20 + 13), "tcp flags");
+    assert_eq!(field_at(&sent, 18 + 20 + 20), "tcp options or payload");
+    let udp = PacketBuilder::new().udp(1, 2).build();
+    assert_eq!(field_at(&udp, 14 + 20 + 5), "udp length");
+    let echo = PacketBuilder::new().icmp_echo_request(1, 2).build();
+    assert_eq!(
+        field_at(&echo, 14 + 20 + 4),
+        "icmp id (echo) or unused (error)"
+    );
+}
+
+#[test]
+#[should_panic(expected = "frames differ at byte 34 (udp source port)")]
+fn assert_frames_eq_panics_on_a_difference() {
+    assert_frames_eq(
+        &PacketBuilder::new().udp(2000, 53).build(),
+        &PacketBuilder::new().udp(1000, 53).build(),
+    );
+}
+
+#[test]
+fn assert_frames_eq_accepts_identical_frames() {
+    let frame = tcp_syn().payload(b"data").build();
+    assert_frames_eq(&frame, &frame.clone());
+    assert_eq!(summarize(&frame), decode(&frame).to_string());
 }
