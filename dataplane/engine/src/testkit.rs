@@ -35,6 +35,34 @@
 //! );
 //! ```
 //!
+//! What the kit holds:
+//!
+//! - [`PacketBuilder`]: Ethernet (+ one 802.1Q tag) / IPv4 (options, fragment fields) / TCP, UDP,
+//!   ICMP echo, ICMP error quoting another packet, or raw payload; deliberate faults for negative
+//!   tests ([`bad_ip_checksum`](PacketBuilder::bad_ip_checksum), ...); [`build`](PacketBuilder::build)
+//!   into a `Vec` or [`build_into`](PacketBuilder::build_into) a caller's buffer without allocating.
+//! - [`Decoded`]: every header field, each checksum recomputed, and a one-line `Display` summary.
+//! - [`ip_packet_of`], [`icmp_quote`], [`truncated`]: slices to quote in ICMP errors.
+//! - [`fragment_packet`] and [`reassemble`]: RFC 791 fragmentation of a built frame and the way
+//!   back, to send fragments in any order and verify transport checksums after translation.
+//! - [`assert_frames_eq`], [`frame_difference`], [`field_at`], [`summarize`]: byte-exact
+//!   assertions whose failure names the header field that differs.
+//!
+//! ```
+//! use egw_engine::testkit::{fragment_packet, icmp_quote, ip_packet_of, reassemble, PacketBuilder};
+//!
+//! let big = PacketBuilder::new().udp(5000, 53).payload(&[7; 3000]).build();
+//! let mut fragments = fragment_packet(&big, 1500).unwrap();
+//! fragments.reverse();
+//! assert_eq!(reassemble(&fragments).unwrap(), big);
+//!
+//! // "Fragmentation needed", quoting the IPv4 header and 8 bytes of the offending packet.
+//! let frag_needed = PacketBuilder::new()
+//!     .icmp_error(3, 4, 1400, icmp_quote(ip_packet_of(&big).unwrap()))
+//!     .build();
+//! # assert!(egw_engine::testkit::Decoded::parse(&frag_needed).unwrap().checksums_ok());
+//! ```
+//!
 //! Builders never panic on their own input except [`PacketBuilder::build`], which is the
 //! infallible convenience form of [`PacketBuilder::try_build`] for tests.
 
@@ -1363,6 +1391,8 @@ fn decode_l4(ipv4: &Ipv4Info, segment: &[u8]) -> Result<L4, DecodeError> {
                     checksum_ok,
                     payload: segment[ICMP_HEADER_LEN..].to_vec(),
                 }),
+                // Destination unreachable, source quench, redirect, time exceeded, parameter
+                // problem: the messages that quote the packet they are about.
                 3 | 4 | 5 | 11 | 12 => L4::IcmpError(IcmpErrorInfo {
                     icmp_type,
                     code,

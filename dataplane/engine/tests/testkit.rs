@@ -854,3 +854,49 @@ fn assert_frames_eq_accepts_identical_frames() {
     assert_frames_eq(&frame, &frame.clone());
     assert_eq!(summarize(&frame), decode(&frame).to_string());
 }
+
+// ---- One's-complement zeros --------------------------------------------------------------------
+
+/// Rebuilds `builder` with a 2-byte payload chosen so the transport checksum computes to zero: the
+/// payload word equal to the checksum of a zero payload brings the sum to all ones.
+fn with_zero_sum_payload(builder: PacketBuilder, checksum_offset: usize) -> Vec<u8> {
+    let probe = builder.clone().payload(&[0, 0]).build();
+    let checksum = [probe[checksum_offset], probe[checksum_offset + 1]];
+    builder.payload(&checksum).build()
+}
+
+#[test]
+fn udp_checksum_that_computes_to_zero_is_sent_as_all_ones() {
+    let frame = with_zero_sum_payload(PacketBuilder::new().udp(1111, 2222), 14 + 20 + 6);
+    let decoded = decode(&frame);
+    let L4::Udp(udp) = &decoded.l4 else {
+        panic!("{decoded}")
+    };
+    assert_eq!(
+        udp.checksum, 0xffff,
+        "RFC 768: zero is reserved for 'no checksum'"
+    );
+    assert_eq!(udp.checksum_ok, Some(true));
+}
+
+#[test]
+fn tcp_accepts_either_ones_complement_zero_as_a_receiver_does() {
+    let at = 14 + 20 + 16;
+    let mut frame = with_zero_sum_payload(PacketBuilder::new().tcp(1111, 2222), at);
+    assert_eq!(frame[at..at + 2], [0, 0], "full computation gives +0");
+    let L4::Tcp(tcp) = decode(&frame).l4 else {
+        panic!()
+    };
+    assert_eq!(tcp.checksum_ok, Some(true));
+    // An incremental update (RFC 1624) may legitimately produce -0 instead.
+    frame[at..at + 2].copy_from_slice(&[0xff, 0xff]);
+    let L4::Tcp(tcp) = decode(&frame).l4 else {
+        panic!()
+    };
+    assert_eq!(tcp.checksum_ok, Some(true));
+    frame[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
+    let L4::Tcp(tcp) = decode(&frame).l4 else {
+        panic!()
+    };
+    assert_eq!(tcp.checksum_ok, Some(false));
+}
