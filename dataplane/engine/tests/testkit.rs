@@ -900,3 +900,42 @@ fn tcp_accepts_either_ones_complement_zero_as_a_receiver_does() {
     };
     assert_eq!(tcp.checksum_ok, Some(false));
 }
+
+// ---- Robustness --------------------------------------------------------------------------------
+
+proptest! {
+    /// The decoder reads frames produced by the code under test, so no input may make it panic:
+    /// corrupt any bytes of a valid frame, or truncate it, and every entry point still returns.
+    #[test]
+    fn corrupted_frames_never_panic(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        cut in any::<prop::sample::Index>(),
+        kind in 0usize..4,
+    ) {
+        let original = match kind {
+            0 => tcp_syn().payload(b"data").build(),
+            1 => PacketBuilder::new().options(&[0x94, 4, 0, 0]).udp(1, 2).payload(&[1; 40]).build(),
+            2 => PacketBuilder::new()
+                .icmp_error(3, 4, 1400, ip_packet_of(&tcp_syn().build()).unwrap())
+                .build(),
+            _ => PacketBuilder::new().icmp_echo_request(1, 2).payload(&[3; 30]).build(),
+        };
+        let mut frame = original.clone();
+        for (index, value) in edits {
+            let at = index.index(frame.len());
+            frame[at] = value;
+        }
+        frame.truncate(cut.index(frame.len() + 1));
+        let _ = Decoded::parse(&frame).map(|decoded| decoded.to_string());
+        let _ = ip_packet_of(&frame);
+        let _ = summarize(&frame);
+        let _ = frame_difference(&frame, &original);
+        for offset in 0..frame.len() {
+            let _ = field_at(&frame, offset);
+        }
+        if let Ok(fragments) = fragment_packet(&frame, 48) {
+            let _ = reassemble(&fragments);
+        }
+        let _ = reassemble(&[frame.clone(), original.clone()]);
+    }
+}
