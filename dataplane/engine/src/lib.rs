@@ -13,6 +13,7 @@ pub mod frag;
 pub mod packet;
 pub mod ports;
 pub mod route;
+pub mod testkit;
 
 pub use conntrack::{FlowState, Timeouts};
 pub use counters::{Counters, DropReason};
