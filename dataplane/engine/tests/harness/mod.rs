@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use egw_engine::route::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
 use egw_engine::testkit::{Decoded, MacAddr, PacketBuilder, L4};
-use egw_engine::{DropReason, Engine, EngineConfig, FlowFilter, FlowInfo, Ingress, RouteTable, Side, Verdict};
+use egw_engine::{
+    DropReason, Engine, EngineConfig, FlowFilter, FlowInfo, Ingress, RouteTable, Side, Verdict,
+};
 
 pub const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 pub const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
@@ -28,7 +30,12 @@ pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 /// What happened to one frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Forwarded { side: Side, destination: Ipv4Addr, frame: Vec<u8>, core: u16 },
+    Forwarded {
+        side: Side,
+        destination: Ipv4Addr,
+        frame: Vec<u8>,
+        core: u16,
+    },
     Dropped(DropReason),
     Stashed,
 }
@@ -45,7 +52,10 @@ impl Outcome {
     #[track_caller]
     pub fn decoded(&self) -> Decoded {
         let d = Decoded::parse(self.frame()).expect("engine output decodes");
-        assert!(d.checksums_ok(), "every checksum of the output verifies by full recomputation: {d}");
+        assert!(
+            d.checksums_ok(),
+            "every checksum of the output verifies by full recomputation: {d}"
+        );
         d
     }
 }
@@ -60,15 +70,31 @@ pub fn two_pool_table(generation: u64) -> RouteTableSpec {
     RouteTableSpec {
         generation,
         pools: vec![
-            PoolSpec { name: "pool-a".into(), addresses: vec![EXT_1], pairing: true },
-            PoolSpec { name: "pool-b".into(), addresses: vec![EXT_2], pairing: true },
+            PoolSpec {
+                name: "pool-a".into(),
+                addresses: vec![EXT_1],
+                pairing: true,
+            },
+            PoolSpec {
+                name: "pool-b".into(),
+                addresses: vec![EXT_2],
+                pairing: true,
+            },
         ],
         policies: vec![policy("via-a", "pool-a"), policy("via-b", "pool-b")],
         sources: vec![
-            SourceSpec { cidr: format!("{POD_A}/32").parse().expect("cidr"), policy: "via-a".into() },
-            SourceSpec { cidr: format!("{POD_B}/32").parse().expect("cidr"), policy: "via-b".into() },
+            SourceSpec {
+                cidr: format!("{POD_A}/32").parse().expect("cidr"),
+                policy: "via-a".into(),
+            },
+            SourceSpec {
+                cidr: format!("{POD_B}/32").parse().expect("cidr"),
+                policy: "via-b".into(),
+            },
         ],
-        default_action: ActionSpec::Deny { reason: "no policy for source".into() },
+        default_action: ActionSpec::Deny {
+            reason: "no policy for source".into(),
+        },
     }
 }
 
@@ -85,7 +111,11 @@ pub fn policy(name: &str, pool: &str) -> PolicySpec {
 }
 
 pub fn base_config() -> EngineConfig {
-    EngineConfig { inside_address: GW_INSIDE, flow_capacity: 4096, ..EngineConfig::default() }
+    EngineConfig {
+        inside_address: GW_INSIDE,
+        flow_capacity: 4096,
+        ..EngineConfig::default()
+    }
 }
 
 impl Gateway {
@@ -97,13 +127,21 @@ impl Gateway {
         let table = Arc::new(RouteTable::compile(spec).expect("valid table"));
         let engines = (0..cores)
             .map(|core| {
-                let mut e = Engine::new(EngineConfig { core, cores, table_seed: 77 + u64::from(core), ..config.clone() })
-                    .expect("valid config");
+                let mut e = Engine::new(EngineConfig {
+                    core,
+                    cores,
+                    table_seed: 77 + u64::from(core),
+                    ..config.clone()
+                })
+                .expect("valid config");
                 e.set_route_table(Arc::clone(&table));
                 e
             })
             .collect();
-        Self { engines, now: Duration::from_secs(1000) }
+        Self {
+            engines,
+            now: Duration::from_secs(1000),
+        }
     }
 
     pub fn apply(&mut self, spec: RouteTableSpec) {
@@ -126,16 +164,31 @@ impl Gateway {
         buf.resize(frame.len().max(2048), 0);
         let mut core = rx_core;
         for _ in 0..=self.engines.len() {
-            let verdict = self.engines[usize::from(core)].process(&mut buf, frame.len(), ingress, self.now);
+            let verdict =
+                self.engines[usize::from(core)].process(&mut buf, frame.len(), ingress, self.now);
             match verdict {
-                Verdict::Forward { side, destination, len } => {
+                Verdict::Forward {
+                    side,
+                    destination,
+                    len,
+                } => {
                     buf.truncate(len);
-                    return Outcome::Forwarded { side, destination, frame: buf, core };
+                    return Outcome::Forwarded {
+                        side,
+                        destination,
+                        frame: buf,
+                        core,
+                    };
                 }
                 Verdict::Drop(reason) => return Outcome::Dropped(reason),
                 Verdict::Stashed => return Outcome::Stashed,
                 Verdict::Handoff { core: next } => {
-                    assert_ne!(next, core, "a core never hands a packet to itself\n{}", self.dump());
+                    assert_ne!(
+                        next,
+                        core,
+                        "a core never hands a packet to itself\n{}",
+                        self.dump()
+                    );
                     core = next;
                 }
             }
@@ -156,9 +209,14 @@ impl Gateway {
             self.engines[core].release_fragments(now, |bytes, v| emitted.push((bytes.to_vec(), v)));
             for (bytes, verdict) in emitted {
                 match verdict {
-                    Verdict::Forward { side, destination, .. } => {
-                        out.push(Outcome::Forwarded { side, destination, frame: bytes, core: core as u16 })
-                    }
+                    Verdict::Forward {
+                        side, destination, ..
+                    } => out.push(Outcome::Forwarded {
+                        side,
+                        destination,
+                        frame: bytes,
+                        core: core as u16,
+                    }),
                     Verdict::Handoff { core: next } => {
                         let ingress = self.ingress_of(&bytes);
                         out.push(self.send_on(next, ingress, &bytes));
@@ -172,8 +230,12 @@ impl Gateway {
 
     /// A frame addressed to an external address came from the outside.
     fn ingress_of(&self, frame: &[u8]) -> Ingress {
-        let to_external = Decoded::parse(frame)
-            .is_ok_and(|d| self.engines[0].route_table().snat_addresses().any(|a| a == d.ipv4.dst));
+        let to_external = Decoded::parse(frame).is_ok_and(|d| {
+            self.engines[0]
+                .route_table()
+                .snat_addresses()
+                .any(|a| a == d.ipv4.dst)
+        });
         if to_external {
             Ingress::Outside
         } else {
@@ -184,13 +246,23 @@ impl Gateway {
     pub fn flows(&self) -> Vec<FlowInfo> {
         let mut out = vec![];
         for e in &self.engines {
-            e.list_flows(&FlowFilter::default(), 0, usize::MAX, u32::MAX, self.now, &mut out);
+            e.list_flows(
+                &FlowFilter::default(),
+                0,
+                usize::MAX,
+                u32::MAX,
+                self.now,
+                &mut out,
+            );
         }
         out
     }
 
     pub fn drops(&self, reason: DropReason) -> u64 {
-        self.engines.iter().map(|e| e.counters().drops.get(reason)).sum()
+        self.engines
+            .iter()
+            .map(|e| e.counters().drops.get(reason))
+            .sum()
     }
 
     /// The whole dataplane state, for failure messages.
@@ -217,10 +289,21 @@ impl Gateway {
                 let _ = writeln!(s, "  drop {reason}: {n}");
             }
             for u in e.port_usage() {
-                let _ = writeln!(s, "  external {} draining={} flows={} {:?}", u.address, u.draining, u.flows, u.usage);
+                let _ = writeln!(
+                    s,
+                    "  external {} draining={} flows={} {:?}",
+                    u.address, u.draining, u.flows, u.usage
+                );
             }
             let mut flows = vec![];
-            e.list_flows(&FlowFilter::default(), 0, 50, u32::MAX, self.now, &mut flows);
+            e.list_flows(
+                &FlowFilter::default(),
+                0,
+                50,
+                u32::MAX,
+                self.now,
+                &mut flows,
+            );
             for f in flows {
                 let _ = writeln!(
                     s,
@@ -253,17 +336,27 @@ impl Gateway {
         let before = self.drops(reason);
         let out = self.send(ingress, frame);
         assert_eq!(out, Outcome::Dropped(reason), "\n{}", self.dump());
-        assert_eq!(self.drops(reason), before + 1, "the drop is counted\n{}", self.dump());
+        assert_eq!(
+            self.drops(reason),
+            before + 1,
+            "the drop is counted\n{}",
+            self.dump()
+        );
     }
 }
 
-
 pub fn from_pod(src: Ipv4Addr) -> PacketBuilder {
-    PacketBuilder::new().eth(MacAddr(POD_MAC), MacAddr(GW_MAC)).ipv4(src, MIRROR).id(0x4242)
+    PacketBuilder::new()
+        .eth(MacAddr(POD_MAC), MacAddr(GW_MAC))
+        .ipv4(src, MIRROR)
+        .id(0x4242)
 }
 
 pub fn from_internet(src: Ipv4Addr, dst: Ipv4Addr) -> PacketBuilder {
-    PacketBuilder::new().eth(MacAddr([0x02, 0, 0, 0, 0, 0xfe]), MacAddr(GW_MAC)).ipv4(src, dst).id(0x5151)
+    PacketBuilder::new()
+        .eth(MacAddr([0x02, 0, 0, 0, 0, 0xfe]), MacAddr(GW_MAC))
+        .ipv4(src, dst)
+        .id(0x5151)
 }
 
 /// (source address, source port) of a decoded TCP/UDP packet, or (address, echo id).
