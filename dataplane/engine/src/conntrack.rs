@@ -187,7 +187,6 @@ pub struct Flow {
     pub remote_ip: Ipv4Addr,
     pub pod_port: u16,
     pub remote_port: u16,
-    pub external_port: u16,
     pub protocol: Protocol,
     pub state: FlowState,
     /// Seconds on the engine clock.
@@ -197,7 +196,8 @@ pub struct Flow {
     pub packets_in: u32,
     pub bytes_out: u64,
     pub bytes_in: u64,
-    wheel_deadline: u32,
+    /// Wheel bucket the flow is filed in (deadline modulo the wheel span).
+    wheel_bucket: u16,
     wheel_prev: u32,
     wheel_next: u32,
     endpoint_prev: u32,
@@ -209,6 +209,10 @@ pub struct Flow {
 impl Flow {
     pub fn external_ip(&self) -> Ipv4Addr {
         self.lease.address()
+    }
+
+    pub fn external_port(&self) -> u16 {
+        self.lease.port()
     }
 
     fn outbound_key(&self) -> FlowKey {
@@ -225,7 +229,7 @@ impl Flow {
         FlowKey::new(
             self.protocol,
             self.external_ip(),
-            self.external_port,
+            self.external_port(),
             self.remote_ip,
             self.remote_port,
         )
@@ -310,8 +314,8 @@ impl KeyHasher {
 
 #[derive(Clone, Copy)]
 struct Bucket {
-    /// 0 = empty; otherwise the low 31 bits of the hash with the top bit set, so that the home
-    /// bucket can be recomputed for backward-shift deletion.
+    /// 0 = empty; otherwise the high 32 bits of the key hash (0 mapped to 1). The home bucket
+    /// is derived from the tag, so it can be recomputed for backward-shift deletion.
     tag: u32,
     slot: u32,
 }
@@ -320,30 +324,47 @@ const EMPTY: Bucket = Bucket { tag: 0, slot: NONE };
 
 /// An open-addressing index from a key hash to a slab slot. Keys live in the slab; the index
 /// stores only the hash tag, so equality is decided by the caller's `matches(slot)`.
+///
+/// Sized to exactly `capacity / 0.75` buckets (no power-of-two rounding, which could double the
+/// memory): the home bucket is found by "fast range" reduction, `(tag * buckets) >> 32`.
 struct Index {
     buckets: Vec<Bucket>,
-    mask: usize,
 }
 
 impl Index {
     fn with_capacity(entries: usize) -> Self {
-        // Load factor at most 1/2 when full: linear probing stays short.
-        let buckets = (entries.max(4) * 2).next_power_of_two();
+        let buckets = (entries.max(6) * 4).div_ceil(3);
         Self {
             buckets: vec![EMPTY; buckets],
-            mask: buckets - 1,
         }
     }
 
     #[inline]
     fn tag(hash: u64) -> u32 {
-        (hash as u32) | 0x8000_0000
+        match (hash >> 32) as u32 {
+            0 => 1,
+            t => t,
+        }
+    }
+
+    #[inline]
+    fn home(&self, tag: u32) -> usize {
+        ((u64::from(tag) * self.buckets.len() as u64) >> 32) as usize
+    }
+
+    #[inline]
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.buckets.len() {
+            0
+        } else {
+            i + 1
+        }
     }
 
     #[inline]
     fn find(&self, hash: u64, mut matches: impl FnMut(u32) -> bool) -> Option<u32> {
         let tag = Self::tag(hash);
-        let mut i = tag as usize & self.mask;
+        let mut i = self.home(tag);
         loop {
             let b = self.buckets[i];
             if b.tag == 0 {
@@ -352,22 +373,22 @@ impl Index {
             if b.tag == tag && matches(b.slot) {
                 return Some(b.slot);
             }
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
     }
 
     fn insert(&mut self, hash: u64, slot: u32) {
         let tag = Self::tag(hash);
-        let mut i = tag as usize & self.mask;
+        let mut i = self.home(tag);
         while self.buckets[i].tag != 0 {
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
         self.buckets[i] = Bucket { tag, slot };
     }
 
     fn position(&self, hash: u64, slot: u32) -> Option<usize> {
         let tag = Self::tag(hash);
-        let mut i = tag as usize & self.mask;
+        let mut i = self.home(tag);
         loop {
             let b = self.buckets[i];
             if b.tag == 0 {
@@ -376,7 +397,7 @@ impl Index {
             if b.tag == tag && b.slot == slot {
                 return Some(i);
             }
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
     }
 
@@ -391,22 +412,23 @@ impl Index {
         let Some(mut hole) = self.position(hash, slot) else {
             return;
         };
+        let n = self.buckets.len();
         // Backward-shift deletion: pull later entries of the same probe run into the hole.
-        let mut i = (hole + 1) & self.mask;
+        let mut i = self.next(hole);
         loop {
             let b = self.buckets[i];
             if b.tag == 0 {
                 break;
             }
-            let home = b.tag as usize & self.mask;
-            // Move `b` into the hole if its home is not cyclically within (hole, i].
-            let distance_to_i = i.wrapping_sub(home) & self.mask;
-            let distance_to_hole = i.wrapping_sub(hole) & self.mask;
+            let home = self.home(b.tag);
+            // Move `b` into the hole unless its home lies cyclically within (hole, i].
+            let distance_to_i = (i + n - home) % n;
+            let distance_to_hole = (i + n - hole) % n;
             if distance_to_i >= distance_to_hole {
                 self.buckets[hole] = b;
                 hole = i;
             }
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
         self.buckets[hole] = EMPTY;
     }
@@ -442,7 +464,9 @@ pub struct FlowTable {
     outbound: Index,
     inbound: Index,
     endpoint: Index,
-    mapping: Index,
+    /// Only kept when pod endpoints own external endpoints exclusively (UDP filtering other than
+    /// address-and-port-dependent); saves an index otherwise.
+    mapping: Option<Index>,
     wheel: Vec<u32>,
     /// Next wheel second to examine.
     wheel_cursor: u32,
@@ -450,7 +474,7 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
-    pub fn new(capacity: u32, timeouts: Timeouts, seed: u64) -> Self {
+    pub fn new(capacity: u32, timeouts: Timeouts, seed: u64, track_mappings: bool) -> Self {
         let cap = capacity as usize;
         Self {
             slab: Vec::with_capacity(cap),
@@ -461,7 +485,7 @@ impl FlowTable {
             outbound: Index::with_capacity(cap),
             inbound: Index::with_capacity(cap),
             endpoint: Index::with_capacity(cap),
-            mapping: Index::with_capacity(cap),
+            mapping: track_mappings.then(|| Index::with_capacity(cap)),
             wheel: vec![NONE; WHEEL_SLOTS],
             wheel_cursor: 0,
             timeouts,
@@ -492,7 +516,7 @@ impl FlowTable {
             + self.outbound.bytes()
             + self.inbound.bytes()
             + self.endpoint.bytes()
-            + self.mapping.bytes()
+            + self.mapping.as_ref().map_or(0, Index::bytes)
             + self.wheel.len() * std::mem::size_of::<u32>()
     }
 
@@ -532,7 +556,7 @@ impl FlowTable {
         let slab = &self.slab;
         self.inbound.find(hash, |slot| {
             slab[slot as usize].as_ref().is_some_and(|f| {
-                f.external_port == key.local_port
+                f.external_port() == key.local_port
                     && f.remote_ip == key.remote_ip
                     && f.remote_port == key.remote_port
                     && f.protocol == key.protocol
@@ -558,9 +582,9 @@ impl FlowTable {
     pub fn find_mapping(&self, protocol: Protocol, ip: Ipv4Addr, port: u16) -> Option<u32> {
         let hash = self.hasher.endpoint(protocol, ip, port);
         let slab = &self.slab;
-        self.mapping.find(hash, |slot| {
+        self.mapping.as_ref()?.find(hash, |slot| {
             slab[slot as usize].as_ref().is_some_and(|f| {
-                f.protocol == protocol && f.external_port == port && f.external_ip() == ip
+                f.protocol == protocol && f.external_port() == port && f.external_ip() == ip
             })
         })
     }
@@ -601,7 +625,6 @@ impl FlowTable {
             pod_port: pod.1,
             remote_ip: remote.0,
             remote_port: remote.1,
-            external_port: lease.port(),
             protocol,
             state,
             created: now,
@@ -610,7 +633,7 @@ impl FlowTable {
             packets_in: 0,
             bytes_out: 0,
             bytes_in: 0,
-            wheel_deadline: 0,
+            wheel_bucket: 0,
             wheel_prev: NONE,
             wheel_next: NONE,
             endpoint_prev: NONE,
@@ -647,10 +670,15 @@ impl FlowTable {
         }
         let external_port = self.slab[slot as usize]
             .as_ref()
-            .map_or(0, |f| f.external_port);
-        if exclusive_mapping && self.find_mapping(protocol, ext_ip, external_port).is_none() {
-            self.mapping
-                .insert(self.hasher.endpoint(protocol, ext_ip, external_port), slot);
+            .map_or(0, |f| f.external_port());
+        if exclusive_mapping
+            && self.mapping.is_some()
+            && self.find_mapping(protocol, ext_ip, external_port).is_none()
+        {
+            let hash = self.hasher.endpoint(protocol, ext_ip, external_port);
+            if let Some(mapping) = self.mapping.as_mut() {
+                mapping.insert(hash, slot);
+            }
         }
         let deadline = now.wrapping_add(state.timeout(protocol, &self.timeouts));
         self.wheel_link(slot, deadline);
@@ -694,15 +722,15 @@ impl FlowTable {
         self.inbound.remove(in_hash, slot);
 
         // Unlink from the wheel (links live in the flow we just took out).
-        self.wheel_unlink_links(flow.wheel_deadline, flow.wheel_prev, flow.wheel_next);
+        self.wheel_unlink_links(flow.wheel_bucket, flow.wheel_prev, flow.wheel_next);
 
         // Unlink from the endpoint chain; if it was the head, promote its successor.
         let ep_hash = self
             .hasher
             .endpoint(flow.protocol, flow.pod_ip, flow.pod_port);
-        let map_hash = self
-            .hasher
-            .endpoint(flow.protocol, flow.external_ip(), flow.external_port);
+        let map_hash =
+            self.hasher
+                .endpoint(flow.protocol, flow.external_ip(), flow.external_port());
         let (prev, next) = (flow.endpoint_prev, flow.endpoint_next);
         if let Some(p) = self.get_mut(prev) {
             p.endpoint_next = next;
@@ -719,19 +747,25 @@ impl FlowTable {
         }
         // The mapping entry (if any) points at some flow of this endpoint with the same external
         // port: move it to another such flow, or drop it with the last one.
-        if self.mapping.position(map_hash, slot).is_some() {
+        if self
+            .mapping
+            .as_ref()
+            .is_some_and(|m| m.position(map_hash, slot).is_some())
+        {
             let heir = self
                 .endpoint_flows(if prev == NONE { next } else { prev })
                 .chain(self.endpoint_flows_backwards(prev))
                 .find(|&s| {
                     self.get(s).is_some_and(|f| {
-                        f.external_port == flow.external_port
+                        f.external_port() == flow.external_port()
                             && f.external_ip() == flow.external_ip()
                     })
                 });
-            match heir {
-                Some(h) => self.mapping.repoint(map_hash, slot, h),
-                None => self.mapping.remove(map_hash, slot),
+            if let Some(mapping) = self.mapping.as_mut() {
+                match heir {
+                    Some(h) => mapping.repoint(map_hash, slot, h),
+                    None => mapping.remove(map_hash, slot),
+                }
             }
         }
         self.free_slots.push(slot);
@@ -753,7 +787,7 @@ impl FlowTable {
         let bucket = deadline as usize % WHEEL_SLOTS;
         let head = self.wheel[bucket];
         if let Some(f) = self.get_mut(slot) {
-            f.wheel_deadline = deadline;
+            f.wheel_bucket = bucket as u16;
             f.wheel_prev = NONE;
             f.wheel_next = head;
         }
@@ -765,14 +799,14 @@ impl FlowTable {
 
     fn wheel_unlink(&mut self, slot: u32) {
         let Some(f) = self.get(slot) else { return };
-        let (deadline, prev, next) = (f.wheel_deadline, f.wheel_prev, f.wheel_next);
-        self.wheel_unlink_links(deadline, prev, next);
+        let (bucket, prev, next) = (f.wheel_bucket, f.wheel_prev, f.wheel_next);
+        self.wheel_unlink_links(bucket, prev, next);
     }
 
-    fn wheel_unlink_links(&mut self, deadline: u32, prev: u32, next: u32) {
+    fn wheel_unlink_links(&mut self, bucket: u16, prev: u32, next: u32) {
         match self.get_mut(prev) {
             Some(p) => p.wheel_next = next,
-            None => self.wheel[deadline as usize % WHEEL_SLOTS] = next,
+            None => self.wheel[usize::from(bucket)] = next,
         }
         if let Some(n) = self.get_mut(next) {
             n.wheel_prev = prev;
@@ -817,9 +851,7 @@ impl FlowTable {
                         expired += 1;
                         on_expired(flow);
                     }
-                } else if deadline != flow.wheel_deadline
-                    || deadline as usize % WHEEL_SLOTS != bucket
-                {
+                } else if deadline as usize % WHEEL_SLOTS != bucket {
                     self.wheel_unlink(slot);
                     self.wheel_link(slot, deadline);
                 } else {
@@ -838,7 +870,10 @@ impl FlowTable {
     fn bucket_has_due(&self, bucket: usize, now: u32) -> bool {
         let mut slot = self.wheel[bucket];
         while let Some(f) = self.get(slot) {
-            if f.wheel_deadline <= now {
+            if f.last_seen
+                .wrapping_add(f.state.timeout(f.protocol, &self.timeouts))
+                <= now
+            {
                 return true;
             }
             slot = f.wheel_next;
@@ -889,9 +924,11 @@ mod tests {
 
     #[test]
     fn index_backward_shift_keeps_every_survivor_reachable() {
-        let mut index = Index::with_capacity(8);
-        // Hashes crafted to collide on the same home bucket and wrap around the end.
-        let hashes: Vec<u64> = (0..12u64).map(|i| (i % 3) * 5 + 13).collect();
+        let mut index = Index::with_capacity(12);
+        // Tags crafted to collide on a few home buckets near the end, so probe runs wrap around.
+        let hashes: Vec<u64> = (0..12u64)
+            .map(|i| (u64::MAX - (i % 3) * (1 << 28)) & !0xffff_ffff)
+            .collect();
         for (slot, &h) in hashes.iter().enumerate() {
             index.insert(h, slot as u32);
         }
@@ -915,7 +952,7 @@ mod tests {
     #[test]
     fn full_table_refuses_new_flows_and_keeps_established_ones() {
         let a = ext();
-        let mut t = FlowTable::new(4, Timeouts::default(), 9);
+        let mut t = FlowTable::new(4, Timeouts::default(), 9, false);
         let mut slots = vec![];
         for i in 0..4 {
             let lease = a.lease_free_port(Protocol::Udp).expect("port");
@@ -958,7 +995,7 @@ mod tests {
     #[test]
     fn wheel_expires_idle_and_refiles_active_flows() {
         let a = ext();
-        let mut t = FlowTable::new(16, Timeouts::default(), 3);
+        let mut t = FlowTable::new(16, Timeouts::default(), 3, false);
         t.start_clock(0);
         let remote = (Ipv4Addr::new(203, 0, 113, 10), 53);
         let idle = t

@@ -160,7 +160,7 @@ impl FlowFilter {
     fn matches(&self, f: &Flow) -> bool {
         self.pod_ip.is_none_or(|ip| ip == f.pod_ip)
             && self.external_ip.is_none_or(|ip| ip == f.external_ip())
-            && self.external_port.is_none_or(|p| p == f.external_port)
+            && self.external_port.is_none_or(|p| p == f.external_port())
             && self
                 .destination
                 .is_none_or(|net| net.contains(&f.remote_ip))
@@ -284,7 +284,12 @@ impl Engine {
             table: Arc::new(RouteTable::empty_deny_all()),
             externals: Vec::new(),
             draining: HashSet::new(),
-            flows: FlowTable::new(config.flow_capacity, config.timeouts, config.table_seed),
+            flows: FlowTable::new(
+                config.flow_capacity,
+                config.timeouts,
+                config.table_seed,
+                config.udp_filtering != Filtering::AddressAndPortDependent,
+            ),
             fragments: Fragments::new(config.fragments),
             counters: Counters::default(),
             icmp_limit: IcmpRateLimit {
@@ -702,7 +707,7 @@ impl Engine {
         flow.last_seen = now_s;
         flow.packets_out = flow.packets_out.wrapping_add(1);
         flow.bytes_out += p.total_len as u64;
-        let (ext_ip, ext_port, state) = (flow.external_ip(), flow.external_port, flow.state);
+        let (ext_ip, ext_port, state) = (flow.external_ip(), flow.external_port(), flow.state);
         if let Transport::Tcp { flags, .. } = p.transport {
             let next = next_tcp_state(state, Direction::Outbound, flags);
             self.flows.set_state(slot, next);
@@ -834,7 +839,7 @@ impl Engine {
         let inbound = FlowKey::new(
             key.protocol,
             ext_ip,
-            flow.external_port,
+            flow.external_port(),
             key.remote_ip,
             key.remote_port,
         );
@@ -898,7 +903,7 @@ impl Engine {
         else {
             return self.drop(DropReason::NoFlow);
         };
-        let (ext_ip, ext_port) = (flow.external_ip(), flow.external_port);
+        let (ext_ip, ext_port) = (flow.external_ip(), flow.external_port());
         packet::rewrite_quoted_endpoint(frame, p, q, Endpoint::Destination, ext_ip, ext_port);
         packet::rewrite_endpoint(frame, p, Endpoint::Source, ext_ip, None);
         packet::decrement_ttl(frame, p);
@@ -1145,7 +1150,7 @@ fn flow_info(core: u16, f: &Flow, now_s: u32) -> FlowInfo {
         core,
         protocol: f.protocol,
         pod: (f.pod_ip, f.pod_port),
-        external: (f.external_ip(), f.external_port),
+        external: (f.external_ip(), f.external_port()),
         remote: (f.remote_ip, f.remote_port),
         state: f.state,
         age_secs: now_s.saturating_sub(f.created),
