@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, XskMap};
-use aya::programs::xdp::XdpLinkId;
+use aya::programs::links::FdLink;
 use aya::programs::{loaded_links, loaded_programs, ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfError};
 use ipnet::Ipv4Net;
@@ -18,6 +18,12 @@ use crate::sys;
 
 static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egw_steer.bpf.o"));
+
+/// The embedded BPF object (ELF) of the steering program, e.g. for
+/// inspection with `bpftool` or `llvm-objdump`.
+pub fn program_object() -> &'static [u8] {
+    PROGRAM_OBJECT
+}
 
 /// Name of the XDP program in the object and in the kernel; also how a stale
 /// egw program is recognised on an interface.
@@ -220,21 +226,22 @@ pub enum LoaderError {
         #[source]
         source: Box<MapError>,
     },
-    /// Detaching from an interface failed.
-    #[error("detaching XDP from `{interface}` failed")]
-    Detach {
-        /// Interface name.
-        interface: String,
-        /// Underlying error.
-        #[source]
-        source: Box<ProgramError>,
-    },
 }
 
 #[derive(Debug)]
 struct Attachment {
     info: AttachedInterface,
-    link: Option<XdpLinkId>,
+    handle: LinkHandle,
+}
+
+/// How to undo one attachment. Owned by us rather than by aya so detaching is
+/// synchronous: closing a link fd only detaches once every holder (including
+/// another thread or a `bpftool link list` that briefly opened it by id) has
+/// closed it, whereas `BPF_LINK_DETACH` takes effect at once.
+#[derive(Debug)]
+enum LinkHandle {
+    Bpf { link: FdLink, link_id: u32 },
+    Netlink { mode_flag: u32 },
 }
 
 /// The loaded steering program, its maps and its attachments.
@@ -336,7 +343,7 @@ impl SteeringProgram {
         }
 
         let program = self.program_mut()?;
-        let (link, mode) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+        let (link_id, mode) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
             Ok(link) => (link, AttachMode::Native),
             Err(native) => {
                 warn!(interface = %spec.name, error = %native,
@@ -354,11 +361,32 @@ impl SteeringProgram {
                 }
             }
         };
-        let program_id = self.program_id()?;
-        let bpf_link = loaded_links().flatten().any(|link| {
-            link.program_id() == program_id
-                && matches!(sys::xdp_link_ifindex(link.id()), Ok(Some(index)) if index == ifindex)
-        });
+        let mode_flag = match mode {
+            AttachMode::Native => sys::XDP_FLAGS_DRV_MODE,
+            AttachMode::Generic => sys::XDP_FLAGS_SKB_MODE,
+        };
+        let link = program.take_link(link_id).map_err(program_error)?;
+        // A netlink attachment (aya's fallback when bpf_link_create is not
+        // supported) does not convert; it is detached through netlink.
+        let handle = match FdLink::try_from(link) {
+            Ok(link) => match link.info() {
+                Ok(info) => LinkHandle::Bpf {
+                    link_id: info.id(),
+                    link,
+                },
+                Err(error) => {
+                    drop(link);
+                    self.forget_interface(ifindex);
+                    return Err(LoaderError::Interface {
+                        action: "reading the new BPF link",
+                        interface: spec.name.clone(),
+                        source: io::Error::other(error),
+                    });
+                }
+            },
+            Err(_) => LinkHandle::Netlink { mode_flag },
+        };
+        let bpf_link = matches!(handle, LinkHandle::Bpf { .. });
         if !bpf_link {
             warn!(interface = %spec.name,
                 "XDP attached via netlink, not a BPF link: a crash leaves it attached until the next start removes it");
@@ -374,7 +402,7 @@ impl SteeringProgram {
         info!(interface = %spec.name, ifindex, role = ?spec.role, mode = ?mode, bpf_link, "XDP steering attached");
         self.attachments.push(Attachment {
             info: info.clone(),
-            link: Some(link),
+            handle,
         });
         Ok(info)
     }
@@ -399,16 +427,22 @@ impl SteeringProgram {
             .iter()
             .position(|a| a.info.name == interface)
             .ok_or_else(|| LoaderError::NotAttached(interface.to_owned()))?;
-        let mut attachment = self.attachments.remove(position);
-        if let Some(link) = attachment.link.take() {
-            self.program_mut()?
-                .detach(link)
-                .map_err(|source| LoaderError::Detach {
-                    interface: interface.to_owned(),
-                    source: Box::new(source),
-                })?;
-        }
-        self.forget_interface(attachment.info.ifindex);
+        let attachment = self.attachments.remove(position);
+        let ifindex = attachment.info.ifindex;
+        let detached = match attachment.handle {
+            LinkHandle::Bpf { link, link_id } => {
+                let result = sys::force_detach_xdp_link(link_id, ifindex).map(drop);
+                drop(link);
+                result
+            }
+            LinkHandle::Netlink { mode_flag } => sys::netlink_detach_xdp(ifindex, mode_flag),
+        };
+        detached.map_err(|source| LoaderError::Interface {
+            action: "detaching XDP",
+            interface: interface.to_owned(),
+            source,
+        })?;
+        self.forget_interface(ifindex);
         info!(interface, "XDP steering detached");
         Ok(())
     }

@@ -298,10 +298,3 @@ pub(crate) fn interface_index(name: &str) -> io::Result<u32> {
     }
     Ok(index)
 }
-
-/// The interface an XDP BPF link is attached to, or `None` for other link
-/// types. `link_id` comes from the kernel's link enumeration.
-pub(crate) fn xdp_link_ifindex(link_id: u32) -> io::Result<Option<u32>> {
-    let link = link_fd_by_id(link_id)?;
-    xdp_link_ifindex_of(&link)
-}

@@ -115,6 +115,17 @@ pub(crate) struct RingSizes {
     pub tx: u32,
 }
 
+/// Outcome of a TX wakeup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TxKick {
+    /// The kernel processed the ring (copy mode) or was woken (zero-copy).
+    Done,
+    /// Progress was made but descriptors remain (copy-mode budget).
+    MoreToSend,
+    /// Transient refusal: busy, no buffers, device down. Retried next flush.
+    Refused,
+}
+
 /// An AF_XDP socket with its four mapped rings.
 #[derive(Debug)]
 pub(crate) struct XskSocket {
@@ -281,9 +292,8 @@ impl XskSocket {
         self.fd.as_fd()
     }
 
-    /// Asks the kernel to process the TX ring. Transient refusals (busy,
-    /// no buffers, device down) are reported as `false`; the next flush retries.
-    pub(crate) fn kick_tx(&self) -> bool {
+    /// Asks the kernel to process the TX ring.
+    pub(crate) fn kick_tx(&self) -> TxKick {
         // SAFETY: zero-length send with null buffer and address, which the
         // kernel accepts as a pure TX wakeup for AF_XDP sockets.
         let result = unsafe {
@@ -296,7 +306,15 @@ impl XskSocket {
                 0,
             )
         };
-        result >= 0
+        if result >= 0 {
+            return TxKick::Done;
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            // Copy mode sends a bounded budget per call and reports EAGAIN
+            // when descriptors remain.
+            Some(libc::EAGAIN) => TxKick::MoreToSend,
+            _ => TxKick::Refused,
+        }
     }
 
     /// Wakes the kernel to refill from the FILL ring.

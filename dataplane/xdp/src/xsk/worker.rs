@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::socket::{BindKind, RingSizes, UmemArea, XskSocket};
+use super::socket::{BindKind, RingSizes, TxKick, UmemArea, XskSocket};
 
 /// Headroom the kernel reserves in front of every received packet
 /// (`XDP_PACKET_HEADROOM`), on top of [`WorkerConfig::headroom`].
@@ -737,7 +737,7 @@ impl Worker {
             port.socket.tx.publish();
             if port.socket.tx.needs_wakeup() {
                 self.counters.tx_kicks += 1;
-                if !port.socket.kick_tx() {
+                if port.socket.kick_tx() == TxKick::Refused {
                     self.counters.tx_kick_refused += 1;
                 }
             }
@@ -781,9 +781,12 @@ impl Worker {
                     break;
                 }
                 counters.tx_kicks += 1;
-                if !port.socket.kick_tx() {
-                    counters.tx_kick_refused += 1;
-                    break;
+                match port.socket.kick_tx() {
+                    TxKick::Done | TxKick::MoreToSend => {}
+                    TxKick::Refused => {
+                        counters.tx_kick_refused += 1;
+                        break;
+                    }
                 }
             }
         }
