@@ -692,3 +692,30 @@ fn remove_stale_program(interface: &str, ifindex: u32) -> Result<(), LoaderError
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_keys_hold_addresses_in_wire_order() {
+        let key = wire_key(Ipv4Addr::new(10, 77, 0, 2));
+        assert_eq!(key.to_ne_bytes(), [10, 77, 0, 2]);
+    }
+
+    #[test]
+    fn roles_match_the_bpf_bitmask() {
+        assert_eq!(InterfaceRole::Inside.bits(), 1);
+        assert_eq!(InterfaceRole::Outside.bits(), 2);
+        assert_eq!(InterfaceRole::OneArmed.bits(), 3);
+    }
+
+    #[test]
+    fn embedded_object_is_an_aligned_bpf_elf() {
+        let object = program_object();
+        assert_eq!(&object[..4], b"\x7fELF");
+        assert_eq!(object.as_ptr() as usize % 8, 0);
+        // e_machine EM_BPF (247)
+        assert_eq!(u16::from_le_bytes([object[18], object[19]]), 247);
+    }
+}

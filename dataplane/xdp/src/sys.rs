@@ -298,3 +298,43 @@ pub(crate) fn interface_index(name: &str) -> io::Result<u32> {
     }
     Ok(index)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netlink_attributes_round_trip_including_nesting() {
+        let mut inner = Vec::new();
+        push_attr(&mut inner, IFLA_XDP_ATTACHED, &[XDP_ATTACHED_DRV]);
+        push_attr(&mut inner, IFLA_XDP_PROG_ID, &42u32.to_ne_bytes());
+        let mut outer = Vec::new();
+        push_attr(&mut outer, 3, b"gw0\0");
+        push_attr(&mut outer, IFLA_XDP | NLA_F_NESTED, &inner);
+        let found: Vec<u16> = attrs(&outer).map(|(kind, _)| kind).collect();
+        assert_eq!(found, vec![3, IFLA_XDP]);
+        let (_, xdp) = attrs(&outer).nth(1).unwrap();
+        let nested: Vec<(u16, Vec<u8>)> = attrs(xdp).map(|(k, v)| (k, v.to_vec())).collect();
+        assert_eq!(nested[0], (IFLA_XDP_ATTACHED, vec![XDP_ATTACHED_DRV]));
+        assert_eq!(read_u32(&nested[1].1), Some(42));
+    }
+
+    #[test]
+    fn truncated_attributes_stop_parsing() {
+        let mut data = Vec::new();
+        push_attr(&mut data, 1, &7u32.to_ne_bytes());
+        data.truncate(6);
+        assert_eq!(attrs(&data).count(), 0);
+    }
+
+    #[test]
+    fn u32_pairs_pack_in_memory_order() {
+        let word = pack_u32_pair(7, 9);
+        assert_eq!(first_u32(word), 7);
+        let bytes = word.to_ne_bytes();
+        assert_eq!(
+            u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+            9
+        );
+    }
+}

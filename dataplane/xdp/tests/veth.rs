@@ -375,3 +375,128 @@ fn forwards_between_interfaces_through_a_shared_umem() {
 fn forwards_between_interfaces_with_separate_umems_by_copying() {
     forward_inside_to_outside(false);
 }
+
+#[test]
+fn foreign_xdp_program_is_left_alone() {
+    let net = TestNet::new();
+    let netns_path = format!("--net=/run/netns/{}", net.gw);
+    let output = std::process::Command::new("nsenter")
+        .env("LIBXDP_SKIP_DISPATCHER", "1")
+        .args([&netns_path, "xdp-loader", "load", "-m", "native", "gw0"])
+        .arg("/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    in_netns(&net.gw, || {
+        let before = query_xdp_attachment(ifindex("gw0")).unwrap();
+        assert!(before.native_program_id.is_some());
+        let mut program = SteeringProgram::load().unwrap();
+        let error = program
+            .attach(&InterfaceSpec::new("gw0", InterfaceRole::Inside))
+            .unwrap_err();
+        assert!(
+            matches!(error, egw_xdp::LoaderError::ForeignProgram { ref program_name, .. } if program_name == "xdpfilt_alw_all"),
+            "{error}"
+        );
+        assert_eq!(query_xdp_attachment(ifindex("gw0")).unwrap(), before);
+    });
+}
+
+#[test]
+fn steered_flow_without_a_registered_socket_reaches_the_kernel() {
+    let net = TestNet::new();
+    in_netns(&net.gw, || {
+        let mut program = SteeringProgram::load().unwrap();
+        program
+            .attach(&InterfaceSpec::new("gw0", InterfaceRole::Inside))
+            .unwrap();
+        program
+            .set_pod_cidrs(&["10.77.0.0/24".parse::<Ipv4Net>().unwrap()])
+            .unwrap();
+        let kernel_socket = UdpSocket::bind((BEHIND_GW, 9500)).unwrap();
+        send_udp(&net.pod, POD, (BEHIND_GW, 9500), "nosock", 3);
+        assert_eq!(recv_udp(&kernel_socket, 3).len(), 3);
+        let stats = program.stats().unwrap();
+        assert_eq!(stats.redirect_failed, 3, "{stats:?}");
+        assert_eq!(stats.redirected_inside, 0);
+    });
+}
+
+/// Transmits raw `frames` from `pod0` through an AF_XDP socket in the pod
+/// namespace (the only way to emit hand-made frames there without raw sockets).
+fn inject_from_pod(net: &TestNet, frames: &[Vec<u8>]) {
+    in_netns(&net.pod, || {
+        let mut injector = Worker::one_armed("pod0", 0, &small_config()).unwrap();
+        for bytes in frames {
+            let mut desc = injector.alloc_frame(Side::Inside).unwrap();
+            let offset = desc.offset();
+            injector.frame_mut(&desc)[offset..offset + bytes.len()].copy_from_slice(bytes);
+            desc.set_packet(offset, bytes.len()).unwrap();
+            assert_eq!(injector.transmit(Side::Inside, desc), TxStatus::Queued);
+        }
+        injector.flush();
+        assert_eq!(injector.counters().tx, frames.len() as u64);
+    });
+}
+
+#[test]
+fn vlan_tagged_and_malformed_frames_are_classified() {
+    let net = TestNet::new();
+    let gw_mac = net.mac(&net.gw, "gw0");
+    let pod_mac = net.mac(&net.pod, "pod0");
+    let tagged_pod = std::net::Ipv4Addr::new(10, 79, 0, 2);
+    let tagged_target = std::net::Ipv4Addr::new(10, 79, 0, 1);
+
+    let mut untagged = vec![0u8; 128];
+    let len = write_udp_frame(
+        &mut untagged,
+        (pod_mac, gw_mac),
+        (tagged_pod, tagged_target),
+        (5000, 9600),
+        b"tagged",
+    );
+    untagged.truncate(len);
+    let mut tagged = untagged[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 100]);
+    tagged.extend_from_slice(&untagged[12..]);
+    // IPv4 ethertype, but the header is cut short.
+    let mut truncated = untagged[..14 + 10].to_vec();
+    truncated[14] = 0x45;
+
+    in_netns(&net.gw, || {
+        let mut program = SteeringProgram::load().unwrap();
+        program
+            .attach(&InterfaceSpec::new("gw0", InterfaceRole::Inside))
+            .unwrap();
+        program
+            .set_pod_cidrs(&["10.79.0.0/24".parse::<Ipv4Net>().unwrap()])
+            .unwrap();
+        let mut worker = Worker::one_armed("gw0", 0, &small_config()).unwrap();
+        program
+            .register_xsk("gw0", 0, &worker.socket_fd(Side::Inside))
+            .unwrap();
+
+        inject_from_pod(&net, &[tagged.clone(), tagged.clone(), truncated]);
+        let frames = collect_rx(&mut worker, Side::Inside, 2);
+        assert_eq!(frames, vec![tagged.clone(), tagged.clone()]);
+        let stats = program.stats().unwrap();
+        assert_eq!(stats.redirected_inside, 2, "{stats:?}");
+        assert_eq!(stats.passed_malformed, 1, "{stats:?}");
+    });
+}
+
+#[test]
+#[should_panic(expected = "did not issue it")]
+fn frames_cannot_be_used_with_another_worker() {
+    let net = TestNet::new();
+    in_netns(&net.gw, || {
+        let mut first = Worker::one_armed("gw0", 0, &small_config()).unwrap();
+        let mut second = Worker::one_armed("gw1", 0, &small_config()).unwrap();
+        let desc = first.alloc_frame(Side::Inside).unwrap();
+        second.frame_mut(&desc);
+    });
+}

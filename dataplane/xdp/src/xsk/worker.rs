@@ -851,3 +851,66 @@ impl Worker {
         Ok(ready > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(offset: u32, len: u32) -> FrameDesc {
+        FrameDesc {
+            base: 0,
+            offset,
+            len,
+            capacity: 2048,
+            umem: 0,
+            worker: 0,
+        }
+    }
+
+    #[test]
+    fn packet_window_must_fit_the_frame() {
+        let mut frame = desc(256, 60);
+        frame.set_packet(100, 1948).unwrap();
+        assert_eq!((frame.offset(), frame.len()), (100, 1948));
+        assert!(frame.set_packet(100, 1949).is_err());
+        assert!(frame.set_packet(usize::MAX, 2).is_err());
+        assert_eq!(
+            (frame.offset(), frame.len()),
+            (100, 1948),
+            "failed set keeps window"
+        );
+        frame.set_packet(0, 0).unwrap();
+        assert!(frame.is_empty());
+    }
+
+    #[test]
+    fn configuration_is_validated() {
+        assert!(validate(&WorkerConfig::default()).is_ok());
+        let bad_ring = WorkerConfig {
+            ring_size: 1000,
+            ..WorkerConfig::default()
+        };
+        assert!(matches!(
+            validate(&bad_ring),
+            Err(XskError::InvalidConfig { .. })
+        ));
+        let too_few_frames = WorkerConfig {
+            frame_count: 1024,
+            ring_size: 1024,
+            ..WorkerConfig::default()
+        };
+        assert!(validate(&too_few_frames).is_err());
+        let no_room = WorkerConfig {
+            frame_size: FrameSize::Bytes2048,
+            headroom: 1800,
+            ..WorkerConfig::default()
+        };
+        assert!(validate(&no_room).is_err());
+    }
+
+    #[test]
+    fn worker_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Worker>();
+    }
+}
