@@ -704,6 +704,12 @@ mod tests {
     }
 
     #[test]
+    fn steering_program_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<SteeringProgram>();
+    }
+
+    #[test]
     fn roles_match_the_bpf_bitmask() {
         assert_eq!(InterfaceRole::Inside.bits(), 1);
         assert_eq!(InterfaceRole::Outside.bits(), 2);

@@ -383,7 +383,10 @@ fn foreign_xdp_program_is_left_alone() {
     let output = std::process::Command::new("nsenter")
         .env("LIBXDP_SKIP_DISPATCHER", "1")
         .args([&netns_path, "xdp-loader", "load", "-m", "native", "gw0"])
-        .arg("/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o")
+        .arg(format!(
+            "/usr/lib/{}-linux-gnu/bpf/xdpfilt_alw_all.o",
+            std::env::consts::ARCH
+        ))
         .output()
         .unwrap();
     assert!(
@@ -498,5 +501,26 @@ fn frames_cannot_be_used_with_another_worker() {
         let mut second = Worker::one_armed("gw1", 0, &small_config()).unwrap();
         let desc = first.alloc_frame(Side::Inside).unwrap();
         second.frame_mut(&desc);
+    });
+}
+
+#[test]
+fn falls_back_to_generic_mode_where_the_driver_has_no_native_xdp() {
+    let net = TestNet::new();
+    in_netns(&net.gw, || {
+        let mut program = SteeringProgram::load().unwrap();
+        let id = program.program_id().unwrap();
+        // The loopback driver has no native XDP support.
+        let attached = program
+            .attach(&InterfaceSpec::new("lo", InterfaceRole::Inside))
+            .unwrap();
+        assert_eq!(attached.mode, AttachMode::Generic);
+        let state = query_xdp_attachment(ifindex("lo")).unwrap();
+        assert_eq!(state.generic_program_id, Some(id));
+        assert_eq!(state.native_program_id, None);
+        assert_eq!(program.attachments(), vec![attached]);
+        program.detach_all().unwrap();
+        assert!(query_xdp_attachment(ifindex("lo")).unwrap().is_empty());
+        assert!(program.attachments().is_empty());
     });
 }
