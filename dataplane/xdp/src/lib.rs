@@ -3,7 +3,9 @@
 //! This is the only egw crate allowed to use `unsafe`. It is confined to:
 //! - [`sys`]: raw netlink and `bpf(2)` calls aya 0.14 does not expose;
 //! - [`xsk`]: the UMEM mapping, the four shared-memory rings, and socket
-//!   setup. Frame ownership rules are documented on [`xsk::Umem`].
+//!   setup. Frame ownership rules (who may touch a frame in which ring state)
+//!   are the `# Frame ownership` section of `UmemArea` in `src/xsk/socket.rs`;
+//!   [`xsk::FrameDesc`] is how the safe API enforces them.
 //!
 //! Everything exported is a safe API.
 //!
