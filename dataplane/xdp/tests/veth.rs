@@ -524,3 +524,34 @@ fn falls_back_to_generic_mode_where_the_driver_has_no_native_xdp() {
         assert!(program.attachments().is_empty());
     });
 }
+
+#[test]
+fn one_armed_interface_steers_both_directions() {
+    let net = TestNet::new();
+    in_netns(&net.gw, || {
+        let mut program = SteeringProgram::load().unwrap();
+        program
+            .attach(&InterfaceSpec::new("gw0", InterfaceRole::OneArmed))
+            .unwrap();
+        let mut worker = Worker::one_armed("gw0", 0, &small_config()).unwrap();
+        program
+            .register_xsk("gw0", 0, &worker.socket_fd(Side::Inside))
+            .unwrap();
+
+        // Return traffic to a SNAT address arriving on the single arm.
+        program.set_snat_addrs(&[BEHIND_GW]).unwrap();
+        send_udp(&net.pod, POD, (BEHIND_GW, 9700), "to-snat", 2);
+        assert_eq!(collect_rx(&mut worker, Side::Outside, 2).len(), 2);
+        let stats = program.stats().unwrap();
+        assert_eq!((stats.redirected_inside, stats.redirected_outside), (0, 2));
+
+        // Pod-sourced traffic on the same arm counts as inside.
+        program
+            .set_pod_cidrs(&["10.77.0.0/24".parse::<Ipv4Net>().unwrap()])
+            .unwrap();
+        send_udp(&net.pod, POD, (BEHIND_GW, 9700), "from-pod", 2);
+        assert_eq!(collect_rx(&mut worker, Side::Inside, 2).len(), 2);
+        let stats = program.stats().unwrap();
+        assert_eq!((stats.redirected_inside, stats.redirected_outside), (2, 2));
+    });
+}
