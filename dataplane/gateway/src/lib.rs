@@ -1,1 +1,3 @@
 //! egw-gateway library (in progress).
+
+pub mod control;

@@ -1,0 +1,239 @@
+//! The `egw.v1.Gateway` service over a [`ControlBackend`].
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use egw_proto::v1;
+use egw_proto::v1::gateway_server::Gateway;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::auth::{require, Role};
+use super::paging::{encode_token, query_from_request};
+use super::{BackendError, ControlBackend};
+
+/// WatchStats interval bounds and default, in milliseconds.
+const MIN_WATCH_INTERVAL_MS: u64 = 100;
+const MAX_WATCH_INTERVAL_MS: u64 = 60_000;
+const DEFAULT_WATCH_INTERVAL_MS: u64 = 1_000;
+
+/// The route table being served, owned by the server so generation rules do
+/// not depend on each backend getting them right.
+#[derive(Debug, Default)]
+struct TableState {
+    current: Option<v1::RouteTable>,
+}
+
+impl TableState {
+    fn generation(&self) -> u64 {
+        self.current.as_ref().map_or(0, |table| table.generation)
+    }
+}
+
+pub(crate) struct GatewayService<B> {
+    backend: Arc<B>,
+    tables: Arc<Mutex<TableState>>,
+}
+
+impl<B> Clone for GatewayService<B> {
+    fn clone(&self) -> Self {
+        GatewayService {
+            backend: Arc::clone(&self.backend),
+            tables: Arc::clone(&self.tables),
+        }
+    }
+}
+
+/// A poisoned lock only means a backend call panicked while holding it; the
+/// state itself is replaced atomically, so it is still consistent.
+fn lock(tables: &Mutex<TableState>) -> MutexGuard<'_, TableState> {
+    tables
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn backend_status(error: BackendError) -> Status {
+    match error {
+        BackendError::InvalidTable { message } => {
+            Status::invalid_argument(format!("invalid route table: {message}"))
+        }
+        error @ BackendError::UnknownExternalIp { .. } => Status::not_found(error.to_string()),
+        error @ BackendError::Unavailable { .. } => Status::unavailable(error.to_string()),
+    }
+}
+
+fn join_error(error: tokio::task::JoinError) -> Status {
+    Status::internal(format!("gateway backend failed: {error}"))
+}
+
+impl<B: ControlBackend> GatewayService<B> {
+    pub(crate) fn new(backend: Arc<B>) -> Self {
+        let current = backend.initial_route_table();
+        GatewayService {
+            backend,
+            tables: Arc::new(Mutex::new(TableState { current })),
+        }
+    }
+
+    fn apply(
+        backend: &B,
+        tables: &Mutex<TableState>,
+        table: v1::RouteTable,
+    ) -> Result<v1::ApplyRouteTableResponse, Status> {
+        // Held across the backend call: applies are serialised, and a reader
+        // of the table never sees one the backend refused.
+        let mut state = lock(tables);
+        let current_generation = state.generation();
+        if let Some(current) = &state.current {
+            if table.generation < current_generation {
+                return Err(Status::failed_precondition(format!(
+                    "generation {} is older than the current generation {current_generation}",
+                    table.generation
+                )));
+            }
+            if table.generation == current_generation {
+                return if *current == table {
+                    Ok(v1::ApplyRouteTableResponse {
+                        generation: current_generation,
+                        unchanged: true,
+                    })
+                } else {
+                    Err(Status::failed_precondition(format!(
+                        "generation {current_generation} is already applied with different content; \
+                         use a generation greater than {current_generation}"
+                    )))
+                };
+            }
+        }
+        backend
+            .apply_route_table(table.clone())
+            .map_err(backend_status)?;
+        let generation = table.generation;
+        state.current = Some(table);
+        Ok(v1::ApplyRouteTableResponse {
+            generation,
+            unchanged: false,
+        })
+    }
+}
+
+type StatsStream = Pin<Box<dyn Stream<Item = Result<v1::StatsSnapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<B: ControlBackend> Gateway for GatewayService<B> {
+    async fn apply_route_table(
+        &self,
+        request: Request<v1::RouteTable>,
+    ) -> Result<Response<v1::ApplyRouteTableResponse>, Status> {
+        require(&request, Role::Admin)?;
+        let table = request.into_inner();
+        let backend = Arc::clone(&self.backend);
+        let tables = Arc::clone(&self.tables);
+        let reply = tokio::task::spawn_blocking(move || Self::apply(&backend, &tables, table))
+            .await
+            .map_err(join_error)??;
+        tracing::info!(
+            generation = reply.generation,
+            unchanged = reply.unchanged,
+            "route table applied"
+        );
+        Ok(Response::new(reply))
+    }
+
+    async fn get_route_table(
+        &self,
+        request: Request<v1::GetRouteTableRequest>,
+    ) -> Result<Response<v1::GetRouteTableResponse>, Status> {
+        require(&request, Role::Reader)?;
+        let state = lock(&self.tables);
+        Ok(Response::new(v1::GetRouteTableResponse {
+            table: state.current.clone(),
+            generation: state.generation(),
+            epoch: self.backend.epoch(),
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::GetStatusResponse>, Status> {
+        require(&request, Role::Reader)?;
+        let mut status = self.backend.status();
+        status.epoch = self.backend.epoch();
+        status.generation = lock(&self.tables).generation();
+        Ok(Response::new(status))
+    }
+
+    async fn list_flows(
+        &self,
+        request: Request<v1::ListFlowsRequest>,
+    ) -> Result<Response<v1::ListFlowsResponse>, Status> {
+        require(&request, Role::Reader)?;
+        let query = query_from_request(request.get_ref())?;
+        let backend = Arc::clone(&self.backend);
+        let (query, page) = tokio::task::spawn_blocking(move || {
+            let page = backend.list_flows(&query);
+            (query, page)
+        })
+        .await
+        .map_err(join_error)?;
+        if page.flows.len() > query.limit {
+            return Err(Status::internal(format!(
+                "gateway backend returned {} flows for a page of {}",
+                page.flows.len(),
+                query.limit
+            )));
+        }
+        let next_page_token = page
+            .next
+            .map(|cursor| encode_token(&query, cursor))
+            .unwrap_or_default();
+        Ok(Response::new(v1::ListFlowsResponse {
+            flows: page.flows,
+            next_page_token,
+        }))
+    }
+
+    type WatchStatsStream = StatsStream;
+
+    async fn watch_stats(
+        &self,
+        request: Request<v1::WatchStatsRequest>,
+    ) -> Result<Response<Self::WatchStatsStream>, Status> {
+        require(&request, Role::Reader)?;
+        let interval_ms = match u64::from(request.get_ref().interval_ms) {
+            0 => DEFAULT_WATCH_INTERVAL_MS,
+            requested => requested.clamp(MIN_WATCH_INTERVAL_MS, MAX_WATCH_INTERVAL_MS),
+        };
+        let mut ticks = tokio::time::interval(Duration::from_millis(interval_ms));
+        // A slow client should get fewer snapshots, not a burst of stale ones.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let backend = Arc::clone(&self.backend);
+        // No spawned task: the stream lives in the response body and is
+        // dropped (with its backend reference) as soon as the client goes away.
+        let snapshots = tokio_stream::wrappers::IntervalStream::new(ticks)
+            .map(move |_| Ok(backend.stats_snapshot()));
+        Ok(Response::new(Box::pin(snapshots)))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<v1::DrainRequest>,
+    ) -> Result<Response<v1::DrainResponse>, Status> {
+        require(&request, Role::Admin)?;
+        let request = request.into_inner();
+        let ip = request.external_ip.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "external_ip: {:?} is not an IPv4 address",
+                request.external_ip
+            ))
+        })?;
+        let reply = self
+            .backend
+            .drain(ip, request.undrain)
+            .map_err(backend_status)?;
+        tracing::info!(%ip, draining = reply.draining, "drain state changed");
+        Ok(Response::new(reply))
+    }
+}
