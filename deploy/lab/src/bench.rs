@@ -91,10 +91,18 @@ pub fn bench_quick(lab: &Lab, seconds: u32) -> Result<BenchReport> {
         for _ in 0..SERVER_START_ATTEMPTS {
             match lab.run_in(&pod_namespace, "iperf3", &args, timeout) {
                 Ok(output) => {
-                    return serde_json::from_str(&output.stdout).map_err(|_| LabError::BadOutput {
-                        command: "iperf3 -J".to_owned(),
-                        output: output.stdout,
-                    })
+                    let json: Value =
+                        serde_json::from_str(&output.stdout).map_err(|_| LabError::BadOutput {
+                            command: "iperf3 -J".to_owned(),
+                            output: output.stdout.clone(),
+                        })?;
+                    // iperf3 3.12 reports e.g. "connection refused" in the JSON and exits 0.
+                    match json.get("error") {
+                        None => return Ok(json),
+                        Some(error) => {
+                            last_error = Some(LabError::ProbeFailed(format!("iperf3: {error}")))
+                        }
+                    }
                 }
                 Err(error @ LabError::Timeout { .. }) => return Err(error),
                 Err(error) => last_error = Some(error),

@@ -31,9 +31,12 @@ fn invalid(detail: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, detail.into())
 }
 
+/// Start line and lower-cased `(name, value)` header pairs.
+type Head = (String, Vec<(String, String)>);
+
 /// Reads request/status line and headers. Returns the first line and `(name, value)` pairs;
 /// `Ok(None)` if the peer closed the connection cleanly before sending anything.
-fn read_head<R: BufRead>(reader: &mut R) -> io::Result<Option<(String, Vec<(String, String)>)>> {
+fn read_head<R: BufRead>(reader: &mut R) -> io::Result<Option<Head>> {
     let mut budget = MAX_HEAD_BYTES;
     let mut first_line: Option<String> = None;
     let mut headers = Vec::new();

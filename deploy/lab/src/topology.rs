@@ -295,8 +295,31 @@ fn remove_namespace(name: &str) -> Result<()> {
     }
 }
 
+/// Removes lab work directories (logs, gateway config) in the temp dir whose name starts with
+/// `prefix` and whose owner `keep` does not veto. Best effort: they are only disk clutter.
+fn remove_workdirs(prefix: &str, keep: impl Fn(&str) -> bool) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && !keep(&name) && entry.path().is_dir() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Whether the process that created lab `name` (`egwlab-<pid>-...`) is still running.
+fn lab_owner_alive(name: &str) -> bool {
+    name.strip_prefix(LAB_PREFIX_ROOT)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Removes every namespace starting with `prefix` (which must start with [`LAB_PREFIX_ROOT`]),
-/// killing processes inside first. Returns the names removed.
+/// killing processes inside first, and the matching work directories. Returns the namespaces
+/// removed.
 pub fn remove_namespaces_with_prefix(prefix: &str) -> Result<Vec<String>> {
     if !prefix.starts_with(LAB_PREFIX_ROOT) {
         return Err(LabError::Config(format!(
@@ -304,11 +327,10 @@ pub fn remove_namespaces_with_prefix(prefix: &str) -> Result<Vec<String>> {
         )));
     }
     let names = namespaces_with_prefix(prefix)?;
-    // Pods first, internet last: order does not matter to the kernel, but it keeps the
-    // gateway's peers alive while its processes are killed.
     for name in &names {
         remove_namespace(name)?;
     }
+    remove_workdirs(prefix, |_| false);
     Ok(names)
 }
 
@@ -318,16 +340,12 @@ pub fn remove_namespaces_with_prefix(prefix: &str) -> Result<Vec<String>> {
 pub fn remove_stale_labs() -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for name in namespaces_with_prefix(LAB_PREFIX_ROOT)? {
-        let owner_alive = name[LAB_PREFIX_ROOT.len()..]
-            .split('-')
-            .next()
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !owner_alive {
+        if !lab_owner_alive(&name) {
             remove_namespace(&name)?;
             removed.push(name);
         }
     }
+    remove_workdirs(LAB_PREFIX_ROOT, lab_owner_alive);
     Ok(removed)
 }
 
