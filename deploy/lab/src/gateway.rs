@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{LabError, Result};
-use crate::topology::{LabConfig, GW_INSIDE_ADDRESS, GW_INSIDE_IF, GW_OUTSIDE_IF, POD_CIDR};
+use crate::topology::{LabConfig, GW_INSIDE_ADDRESS, GW_INSIDE_IF, POD_CIDR};
 
 /// Which gateway forwards pod traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,10 +49,11 @@ pub const EGW_CONTROL_SOCKET: &str = "egw.sock";
 /// table exists; established connections keep their conntrack NAT binding across it.
 pub fn kernel_ruleset(config: &LabConfig) -> Result<String> {
     let mut rules = String::new();
+    let outside = config.outside_interface();
     for pod in &config.pods {
         let egress = config.pool_address(&pod.pool)?;
         rules.push_str(&format!(
-            "    ip saddr {} oif \"{GW_OUTSIDE_IF}\" snat to {egress}\n",
+            "    ip saddr {} oif \"{outside}\" snat to {egress}\n",
             pod.address
         ));
     }
@@ -87,7 +88,7 @@ impl EgwGatewayConfig {
     pub fn for_lab(config: &LabConfig, dir: &Path) -> Self {
         EgwGatewayConfig {
             inside_interface: GW_INSIDE_IF.to_owned(),
-            outside_interface: GW_OUTSIDE_IF.to_owned(),
+            outside_interface: config.outside_interface().to_owned(),
             inside_address: GW_INSIDE_ADDRESS,
             pod_cidrs: vec![POD_CIDR.to_owned()],
             snat_addresses: config.pools.iter().map(|pool| pool.address).collect(),
@@ -276,6 +277,18 @@ mod tests {
         assert!(ruleset.contains("ip saddr 10.244.1.10 oif \"gw-out\" snat to 198.51.100.1"));
         assert!(ruleset.contains("ip saddr 10.244.1.11 oif \"gw-out\" snat to 198.51.100.2"));
         assert!(ruleset.starts_with("table ip egw_lab\ndelete table ip egw_lab\n"));
+    }
+
+    #[test]
+    fn one_armed_uses_the_inside_interface_for_both_directions() {
+        let mut config = lab_config();
+        config.arms = crate::topology::Arms::One;
+        let gateway_config = EgwGatewayConfig::for_lab(&config, Path::new("/d"));
+        assert_eq!(gateway_config.inside_interface, "gw-in");
+        assert_eq!(gateway_config.outside_interface, "gw-in");
+        assert!(kernel_ruleset(&config)
+            .unwrap()
+            .contains("ip saddr 10.244.1.10 oif \"gw-in\" snat to 198.51.100.1"));
     }
 
     #[test]

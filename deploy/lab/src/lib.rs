@@ -22,6 +22,6 @@ pub use error::{LabError, Result};
 pub use gateway::{find_gateway_binary, EgwGatewayConfig, Gateway, RouteTable};
 pub use topology::{
     install_signal_teardown, list_namespaces, mirror_tcp, mirror_udp, namespaces_with_prefix,
-    remove_namespaces_with_prefix, remove_stale_labs, require_root, IcmpObservation, Lab,
+    remove_namespaces_with_prefix, remove_stale_labs, require_root, Arms, IcmpObservation, Lab,
     LabConfig, PodSpec, PoolSpec, ScopedChild, TcpHold, LAB_PREFIX_ROOT,
 };

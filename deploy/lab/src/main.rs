@@ -43,6 +43,9 @@ struct GatewayArgs {
     /// Number of pods (pod-a, pod-b, ... alternating between pool-a and pool-b).
     #[arg(long, default_value_t = 2)]
     pods: usize,
+    /// One-armed gateway: pods and internet share the gateway's single interface.
+    #[arg(long)]
+    one_armed: bool,
 }
 
 #[derive(Subcommand)]
@@ -179,7 +182,11 @@ fn start_lab(args: &GatewayArgs, prefix: Option<String>) -> Result<Lab> {
     topology::install_signal_teardown()?;
     let gateway = resolve_gateway(args)?;
     eprintln!("egw-lab: gateway: {}", gateway.label());
-    Lab::up(lab_config(args.pods, prefix)?, gateway)
+    let mut config = lab_config(args.pods, prefix)?;
+    if args.one_armed {
+        config.arms = egw_lab::Arms::One;
+    }
+    Lab::up(config, gateway)
 }
 
 fn print_line(text: impl std::fmt::Display) -> Result<()> {

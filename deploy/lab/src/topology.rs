@@ -44,6 +44,7 @@ pub const MIRROR_UDP_PORT: u16 = 8081;
 pub const HOST_IF: &str = "eth0";
 const BRIDGE: &str = "br0";
 const GW_SWITCH_PORT: &str = "gwport";
+const INET_SWITCH_PORT: &str = "inetport";
 const MAX_PODS: usize = 200;
 
 /// How long the mirror may take to bind its sockets.
@@ -79,6 +80,16 @@ pub struct PodSpec {
     pub pool: String,
 }
 
+/// How the gateway is wired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arms {
+    /// Pods on `gw-in`, internet on `gw-out`.
+    #[default]
+    Two,
+    /// Pods and internet on the same bridge, both reached through `gw-in`.
+    One,
+}
+
 /// What to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabConfig {
@@ -88,6 +99,7 @@ pub struct LabConfig {
     pub lab_binary: PathBuf,
     /// Namespace name prefix; `None` picks a unique `egwlab-<pid>-<n>-`.
     pub prefix: Option<String>,
+    pub arms: Arms,
 }
 
 impl LabConfig {
@@ -127,7 +139,16 @@ impl LabConfig {
             pools,
             lab_binary,
             prefix: None,
+            arms: Arms::Two,
         })
+    }
+
+    /// The gateway interface facing the internet: `gw-out`, or `gw-in` when one-armed.
+    pub fn outside_interface(&self) -> &'static str {
+        match self.arms {
+            Arms::Two => GW_OUTSIDE_IF,
+            Arms::One => GW_INSIDE_IF,
+        }
     }
 
     /// External address of `pool`.
@@ -500,6 +521,13 @@ fn ip(args: &[&str]) -> Result<CommandOutput> {
     cmd::run_args("ip", args)
 }
 
+/// `ip -n <namespace> <words...>`; every word is a lab-chosen name or address without spaces.
+fn ipn(namespace: &str, words: &str) -> Result<CommandOutput> {
+    let mut args = vec!["-n", namespace];
+    args.extend(words.split_whitespace());
+    ip(&args)
+}
+
 impl Lab {
     /// Builds the topology only (no mirror, no gateway). Partial builds are torn down.
     pub fn build(config: LabConfig) -> Result<Lab> {
@@ -608,151 +636,105 @@ impl Lab {
         let switch = self.switch_namespace();
         let gw = self.gateway_namespace();
         let inet = self.inet_namespace();
-        self.add_namespace(switch.clone())?;
-        self.add_namespace(gw.clone())?;
-        self.add_namespace(inet.clone())?;
-        ip(&["-n", &switch, "link", "add", BRIDGE, "type", "bridge"])?;
-        ip(&["-n", &switch, "link", "set", BRIDGE, "up"])?;
+        for namespace in [&switch, &gw, &inet] {
+            self.add_namespace(namespace.clone())?;
+        }
+        ipn(&switch, &format!("link add {BRIDGE} type bridge"))?;
+        ipn(&switch, &format!("link set {BRIDGE} up"))?;
 
         let pods = self.config.pods.clone();
         for (index, pod) in pods.iter().enumerate() {
             let namespace = format!("{}{}", self.prefix, pod.name);
             self.add_namespace(namespace.clone())?;
             let port = format!("p{index}");
-            ip(&[
-                "-n", &namespace, "link", "add", HOST_IF, "type", "veth", "peer", "name", &port,
-                "netns", &switch,
-            ])?;
-            ip(&["-n", &switch, "link", "set", &port, "master", BRIDGE, "up"])?;
-            ip(&[
-                "-n",
+            ipn(
                 &namespace,
-                "addr",
-                "add",
-                &format!("{}/{POD_PREFIX_LEN}", pod.address),
-                "dev",
-                HOST_IF,
-            ])?;
-            ip(&["-n", &namespace, "link", "set", HOST_IF, "up"])?;
-            ip(&[
-                "-n",
+                &format!("link add {HOST_IF} type veth peer name {port} netns {switch}"),
+            )?;
+            ipn(&switch, &format!("link set {port} master {BRIDGE} up"))?;
+            ipn(
                 &namespace,
-                "route",
-                "add",
-                "default",
-                "via",
-                &GW_INSIDE_ADDRESS.to_string(),
-            ])?;
+                &format!("addr add {}/{POD_PREFIX_LEN} dev {HOST_IF}", pod.address),
+            )?;
+            ipn(&namespace, &format!("link set {HOST_IF} up"))?;
+            ipn(
+                &namespace,
+                &format!("route add default via {GW_INSIDE_ADDRESS}"),
+            )?;
             Self::disable_tx_offload(&namespace, HOST_IF)?;
             Self::disable_tx_offload(&switch, &port)?;
         }
 
-        ip(&[
-            "-n",
+        ipn(
             &gw,
-            "link",
-            "add",
-            GW_INSIDE_IF,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            GW_SWITCH_PORT,
-            "netns",
+            &format!("link add {GW_INSIDE_IF} type veth peer name {GW_SWITCH_PORT} netns {switch}"),
+        )?;
+        ipn(
             &switch,
-        ])?;
-        ip(&[
-            "-n",
-            &switch,
-            "link",
-            "set",
-            GW_SWITCH_PORT,
-            "master",
-            BRIDGE,
-            "up",
-        ])?;
-        ip(&[
-            "-n",
+            &format!("link set {GW_SWITCH_PORT} master {BRIDGE} up"),
+        )?;
+        ipn(
             &gw,
-            "addr",
-            "add",
-            &format!("{GW_INSIDE_ADDRESS}/{POD_PREFIX_LEN}"),
-            "dev",
-            GW_INSIDE_IF,
-        ])?;
-        ip(&["-n", &gw, "link", "set", GW_INSIDE_IF, "up"])?;
-
-        ip(&[
-            "-n",
-            &gw,
-            "link",
-            "add",
-            GW_OUTSIDE_IF,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            HOST_IF,
-            "netns",
-            &inet,
-        ])?;
-        ip(&[
-            "-n",
-            &gw,
-            "addr",
-            "add",
-            &format!("{GW_OUTSIDE_ADDRESS}/{TRANSIT_PREFIX_LEN}"),
-            "dev",
-            GW_OUTSIDE_IF,
-        ])?;
-        // The SNAT addresses live on gw-out as /32s so the kernel answers ARP for them; the
-        // internet side then simply routes the pool prefix to the gateway.
-        for pool in self.config.pools.clone() {
-            ip(&[
-                "-n",
-                &gw,
-                "addr",
-                "add",
-                &format!("{}/32", pool.address),
-                "dev",
-                GW_OUTSIDE_IF,
-            ])?;
+            &format!("addr add {GW_INSIDE_ADDRESS}/{POD_PREFIX_LEN} dev {GW_INSIDE_IF}"),
+        )?;
+        let outside = self.config.outside_interface();
+        match self.config.arms {
+            Arms::Two => {
+                ipn(
+                    &gw,
+                    &format!("link add {GW_OUTSIDE_IF} type veth peer name {HOST_IF} netns {inet}"),
+                )?;
+            }
+            // The internet host hangs off the same bridge: pods and internet share gw-in.
+            Arms::One => {
+                ipn(
+                    &inet,
+                    &format!(
+                        "link add {HOST_IF} type veth peer name {INET_SWITCH_PORT} netns {switch}"
+                    ),
+                )?;
+                ipn(
+                    &switch,
+                    &format!("link set {INET_SWITCH_PORT} master {BRIDGE} up"),
+                )?;
+                Self::disable_tx_offload(&switch, INET_SWITCH_PORT)?;
+            }
         }
-        ip(&["-n", &gw, "link", "set", GW_OUTSIDE_IF, "up"])?;
-        ip(&[
-            "-n",
+        ipn(
+            &gw,
+            &format!("addr add {GW_OUTSIDE_ADDRESS}/{TRANSIT_PREFIX_LEN} dev {outside}"),
+        )?;
+        // The SNAT addresses live on the outside interface as /32s so the kernel answers ARP
+        // for them; the internet side then simply routes the pool prefix to the gateway.
+        for pool in self.config.pools.clone() {
+            ipn(&gw, &format!("addr add {}/32 dev {outside}", pool.address))?;
+        }
+        ipn(&gw, &format!("link set {GW_INSIDE_IF} up"))?;
+        ipn(&gw, &format!("link set {outside} up"))?;
+        ipn(
             &inet,
-            "addr",
-            "add",
-            &format!("{INET_ROUTER_ADDRESS}/{TRANSIT_PREFIX_LEN}"),
-            "dev",
-            HOST_IF,
-        ])?;
-        ip(&[
-            "-n",
+            &format!("addr add {INET_ROUTER_ADDRESS}/{TRANSIT_PREFIX_LEN} dev {HOST_IF}"),
+        )?;
+        ipn(
             &inet,
-            "addr",
-            "add",
-            &format!("{MIRROR_ADDRESS}/32"),
-            "dev",
-            HOST_IF,
-        ])?;
-        ip(&["-n", &inet, "link", "set", HOST_IF, "up"])?;
-        ip(&[
-            "-n",
+            &format!("addr add {MIRROR_ADDRESS}/32 dev {HOST_IF}"),
+        )?;
+        ipn(&inet, &format!("link set {HOST_IF} up"))?;
+        ipn(
             &inet,
-            "route",
-            "add",
-            SNAT_CIDR,
-            "via",
-            &GW_OUTSIDE_ADDRESS.to_string(),
-        ])?;
+            &format!("route add {SNAT_CIDR} via {GW_OUTSIDE_ADDRESS}"),
+        )?;
 
         // rp_filter would drop un-NATed or asymmetric packets in ways that hide gateway bugs
         // behind "no reply"; the tests want to see exactly what the gateway emits.
         let mut gw_settings = vec!["net.ipv4.ip_forward=1".to_owned()];
-        for device in ["all", "default", GW_INSIDE_IF, GW_OUTSIDE_IF] {
+        for device in ["all", "default", GW_INSIDE_IF, outside] {
             gw_settings.push(format!("net.ipv4.conf.{device}.rp_filter=0"));
+        }
+        // One-armed, every forwarded packet leaves on the interface it arrived on, which makes
+        // the kernel send ICMP redirects to the pods; they would only add noise.
+        for device in ["all", "default", GW_INSIDE_IF] {
+            gw_settings.push(format!("net.ipv4.conf.{device}.send_redirects=0"));
         }
         Self::sysctl(&gw, &gw_settings)?;
         Self::sysctl(
@@ -762,13 +744,11 @@ impl Lab {
                 format!("net.ipv4.conf.{HOST_IF}.rp_filter=0"),
             ],
         )?;
-        for (namespace, device) in [
-            (&gw, GW_INSIDE_IF),
-            (&gw, GW_OUTSIDE_IF),
-            (&inet, HOST_IF),
-            (&switch, GW_SWITCH_PORT),
-        ] {
-            Self::disable_tx_offload(namespace, device)?;
+        Self::disable_tx_offload(&gw, GW_INSIDE_IF)?;
+        Self::disable_tx_offload(&switch, GW_SWITCH_PORT)?;
+        Self::disable_tx_offload(&inet, HOST_IF)?;
+        if self.config.arms == Arms::Two {
+            Self::disable_tx_offload(&gw, GW_OUTSIDE_IF)?;
         }
         Ok(())
     }

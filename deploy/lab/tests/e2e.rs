@@ -200,6 +200,28 @@ fn egress_address_per_pod() {
     }
 }
 
+/// Same checks with a one-armed gateway (pods and internet behind one interface).
+#[test]
+fn one_armed_egress_address_per_pod() {
+    must_be_root();
+    for gateway in gateways_under_test() {
+        let mut config = config(2);
+        config.arms = egw_lab::Arms::One;
+        let lab = Lab::up(config, gateway.clone()).unwrap();
+        let reports = demo::probe_all(&lab).unwrap();
+        assert_eq!(reports.len(), 2);
+        assert!(
+            reports.iter().all(demo::PodReport::ok),
+            "{}: {}",
+            gateway.label(),
+            demo::render(&reports)
+        );
+        let upload = lab.probe_upload("pod-b", 16 * 1024 * 1024).unwrap();
+        assert_eq!(upload.local_sha256, upload.remote_sha256);
+        lab.teardown().unwrap();
+    }
+}
+
 #[test]
 fn bulk_transfer_integrity() {
     for gateway in gateways_under_test() {
