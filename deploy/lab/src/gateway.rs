@@ -6,7 +6,10 @@
 //!   by [`EgwGatewayConfig`] (YAML), route table as written by [`RouteTable`];
 //! - ready once `control.unix_socket` exists;
 //! - on SIGHUP, re-reads `route_table_file` (the lab replaces it atomically, generation + 1);
-//! - exits on SIGTERM/SIGKILL.
+//! - exits on SIGTERM/SIGKILL;
+//! - forwards on its own: the lab turns kernel IPv4 forwarding off in the gateway namespace
+//!   for egw, so a packet egw does not handle is dropped instead of being quietly forwarded
+//!   (un-NATed) by the kernel. ARP and the addresses on the interfaces stay with the kernel.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

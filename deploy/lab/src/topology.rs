@@ -854,6 +854,10 @@ impl Lab {
                 self.gateway = Some(ActiveGateway::Kernel);
             }
             Gateway::Egw { binary } => {
+                Self::sysctl(
+                    &self.gateway_namespace(),
+                    &["net.ipv4.ip_forward=0".to_owned()],
+                )?;
                 let config_path = gateway::write_egw_files(&self.config, self.workdir.path())?;
                 let gateway_config =
                     gateway::EgwGatewayConfig::for_lab(&self.config, self.workdir.path());
