@@ -165,13 +165,18 @@ pub struct Client {
 const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
 
 impl Client {
-    pub fn connect(peer: SocketAddr, timeout: Duration) -> Result<Self> {
+    /// Connects within `connect_timeout`; every later read/write may block `io_timeout`.
+    pub fn connect(
+        peer: SocketAddr,
+        connect_timeout: Duration,
+        io_timeout: Duration,
+    ) -> Result<Self> {
         let context = || format!("connecting to {peer}");
-        let stream = TcpStream::connect_timeout(&peer, timeout)
+        let stream = TcpStream::connect_timeout(&peer, connect_timeout)
             .map_err(|source| LabError::io(context(), source))?;
         stream
-            .set_read_timeout(Some(timeout))
-            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .set_read_timeout(Some(io_timeout))
+            .and_then(|()| stream.set_write_timeout(Some(io_timeout)))
             .map_err(|source| LabError::io(context(), source))?;
         let writer = stream
             .try_clone()

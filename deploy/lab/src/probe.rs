@@ -27,14 +27,14 @@ fn parse_seen(text: &str, context: &str) -> Result<SocketAddr> {
 
 /// One TCP connection, `GET /`, returns the source the mirror saw.
 pub fn tcp_source_seen(mirror: SocketAddr) -> Result<SocketAddr> {
-    let mut client = Client::connect(mirror, PROBE_IO_TIMEOUT)?;
+    let mut client = Client::connect(mirror, PROBE_IO_TIMEOUT, PROBE_IO_TIMEOUT)?;
     let body = client.get_text("/")?;
     parse_seen(&body, "GET /")
 }
 
 /// Arbitrary `GET` returning the text body.
 pub fn http_get(mirror: SocketAddr, target: &str) -> Result<String> {
-    Client::connect(mirror, PROBE_IO_TIMEOUT)?.get_text(target)
+    Client::connect(mirror, PROBE_IO_TIMEOUT, PROBE_IO_TIMEOUT)?.get_text(target)
 }
 
 /// One UDP datagram (retried on loss), returns the source the mirror saw.
@@ -139,7 +139,7 @@ impl UploadReport {
 
 /// Streams `bytes` of pattern `seed` to `POST /sha256` over one connection.
 pub fn tcp_upload(mirror: SocketAddr, bytes: u64, seed: u64) -> Result<UploadReport> {
-    let mut client = Client::connect(mirror, PROBE_IO_TIMEOUT)?;
+    let mut client = Client::connect(mirror, PROBE_IO_TIMEOUT, PROBE_IO_TIMEOUT)?;
     let mut pattern = PatternStream::new(seed);
     let mut hasher = Sha256::new();
     let remote = client.post_streaming("/sha256", bytes, &mut |chunk| {
@@ -185,7 +185,7 @@ impl Write for PatternChecker {
 
 /// Downloads `bytes` of pattern `seed` from `GET /bytes` and verifies every byte.
 pub fn tcp_download(mirror: SocketAddr, bytes: u64, seed: u64) -> Result<u64> {
-    let mut client = Client::connect(mirror, PROBE_IO_TIMEOUT)?;
+    let mut client = Client::connect(mirror, PROBE_IO_TIMEOUT, PROBE_IO_TIMEOUT)?;
     let mut checker = PatternChecker {
         expected: PatternStream::new(seed),
         scratch: Vec::new(),
@@ -210,7 +210,11 @@ pub fn tcp_hold(
     output: &mut dyn Write,
     max_queries: u32,
 ) -> Result<()> {
-    let mut client = Client::connect(mirror, crate::mirror::CONNECTION_IDLE_TIMEOUT)?;
+    let mut client = Client::connect(
+        mirror,
+        PROBE_IO_TIMEOUT,
+        crate::mirror::CONNECTION_IDLE_TIMEOUT,
+    )?;
     let local = client.local_addr()?;
     let write_error = |source| LabError::io("writing probe output", source);
     for query in 0..max_queries {

@@ -189,15 +189,35 @@ impl LabConfig {
                 )));
             }
         }
-        if let Some(prefix) = &self.prefix {
-            if !prefix.starts_with(LAB_PREFIX_ROOT) {
+        for pod in &self.pods {
+            if !is_name_safe(&pod.name) {
                 return Err(LabError::Config(format!(
-                    "prefix {prefix:?} must start with {LAB_PREFIX_ROOT:?} so `down` can find it"
+                    "pod name {:?} must be non-empty lower-case letters, digits and '-'",
+                    pod.name
+                )));
+            }
+        }
+        if let Some(prefix) = &self.prefix {
+            // Build removes stale namespaces with its prefix first, so a prefix must name
+            // exactly one lab: `egwlab-<id>-`, never the bare root that matches all labs.
+            let id = prefix
+                .strip_prefix(LAB_PREFIX_ROOT)
+                .and_then(|rest| rest.strip_suffix('-'));
+            if !id.is_some_and(is_name_safe) {
+                return Err(LabError::Config(format!(
+                    "prefix {prefix:?} must look like {LAB_PREFIX_ROOT}<id>- (id: lower-case letters, digits, '-')"
                 )));
             }
         }
         Ok(())
     }
+}
+
+fn is_name_safe(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
 }
 
 /// Fails unless the effective uid is 0. Read from /proc to stay free of unsafe FFI.
@@ -1115,6 +1135,20 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // The work directory (and with it every log) is about to go; when a test is failing,
+        // the gateway's and mirror's last words are the most useful thing to keep.
+        if thread::panicking() {
+            if let Some(ActiveGateway::Egw { process, .. }) = &self.gateway {
+                eprintln!(
+                    "egw-lab: {} log tail:\n{}",
+                    process.label(),
+                    process.log_tail(8000)
+                );
+            }
+            if let Some(mirror) = &self.mirror {
+                eprintln!("egw-lab: mirror log tail:\n{}", mirror.log_tail(2000));
+            }
+        }
         if let Err(error) = self.teardown_inner() {
             eprintln!("egw-lab: teardown of {} failed: {error}", self.prefix);
         }
@@ -1152,4 +1186,59 @@ pub fn parse_upload_output(text: &str) -> Result<UploadReport> {
         command: "egw-lab probe tcp-upload".to_owned(),
         output: text.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with_prefix(prefix: &str) -> LabConfig {
+        let mut config = LabConfig::new(2, PathBuf::from("/x")).unwrap();
+        config.prefix = Some(prefix.to_owned());
+        config
+    }
+
+    #[test]
+    fn prefix_must_name_exactly_one_lab() {
+        assert!(config_with_prefix("egwlab-ci-1-").validate().is_ok());
+        for bad in [
+            "egwlab-",
+            "egwlab",
+            "cni-1-",
+            "egwlab-x",
+            "egwlab-A-",
+            "egwlab-a b-",
+        ] {
+            assert!(config_with_prefix(bad).validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_pods_alternate_pools() {
+        let config = LabConfig::new(3, PathBuf::from("/x")).unwrap();
+        let names: Vec<_> = config.pods.iter().map(|pod| pod.name.as_str()).collect();
+        assert_eq!(names, ["pod-a", "pod-b", "pod-c"]);
+        assert_eq!(
+            config.expected_egress("pod-a").unwrap(),
+            Ipv4Addr::new(198, 51, 100, 1)
+        );
+        assert_eq!(
+            config.expected_egress("pod-b").unwrap(),
+            Ipv4Addr::new(198, 51, 100, 2)
+        );
+        assert_eq!(
+            config.expected_egress("pod-c").unwrap(),
+            Ipv4Addr::new(198, 51, 100, 1)
+        );
+        assert_eq!(config.pods[2].address, Ipv4Addr::new(10, 244, 1, 12));
+        assert!(LabConfig::new(0, PathBuf::from("/x")).is_err());
+        assert!(LabConfig::new(201, PathBuf::from("/x")).is_err());
+    }
+
+    #[test]
+    fn unsafe_pod_names_are_rejected() {
+        let mut config = LabConfig::new(1, PathBuf::from("/x")).unwrap();
+        config.pods[0].name = "pod a".to_owned();
+        assert!(config.validate().is_err());
+    }
 }
