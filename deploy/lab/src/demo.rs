@@ -98,3 +98,36 @@ pub fn render(reports: &[PodReport]) -> String {
     }
     table
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(tcp: &str, udp: &str, icmp: [u8; 4]) -> PodReport {
+        PodReport {
+            pod: "pod-a".to_owned(),
+            pod_ip: Ipv4Addr::new(10, 244, 1, 10),
+            expected_egress: Ipv4Addr::new(198, 51, 100, 1),
+            tcp: Ok(tcp.parse().unwrap()),
+            udp: Ok(udp.parse().unwrap()),
+            icmp: Ok(IcmpObservation {
+                reply_from: Ipv4Addr::new(203, 0, 113, 10),
+                egress: Ipv4Addr::from(icmp),
+            }),
+        }
+    }
+
+    #[test]
+    fn ok_only_when_every_protocol_used_the_expected_address() {
+        assert!(report("198.51.100.1:1000", "198.51.100.1:2000", [198, 51, 100, 1]).ok());
+        assert!(!report("198.51.100.2:1000", "198.51.100.1:2000", [198, 51, 100, 1]).ok());
+        assert!(!report("198.51.100.1:1000", "10.244.1.10:2000", [198, 51, 100, 1]).ok());
+        assert!(!report("198.51.100.1:1000", "198.51.100.1:2000", [198, 51, 100, 2]).ok());
+        let mut failed = report("198.51.100.1:1000", "198.51.100.1:2000", [198, 51, 100, 1]);
+        failed.udp = Err("no UDP reply".to_owned());
+        assert!(!failed.ok());
+        let table = render(&[failed]);
+        assert!(table.contains("FAILED") && table.contains("MISMATCH"));
+        assert!(table.contains("pod-a udp: no UDP reply"));
+    }
+}

@@ -418,3 +418,76 @@ fn sigterm_tears_the_lab_down() {
         Vec::<String>::new()
     );
 }
+
+/// The README's main command: `egw-lab demo` builds, probes, prints the table, tears down and
+/// exits 0 only when every pod left with its pool address.
+#[test]
+fn demo_command_prints_each_pods_egress() {
+    must_be_root();
+    for gateway in gateways_under_test() {
+        let mut command = Command::new(lab_binary());
+        command.args(["demo", "--gateway", gateway.label(), "--pods", "2"]);
+        if let Gateway::Egw { binary } = &gateway {
+            command.arg("--gateway-bin").arg(binary);
+        }
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let demo_prefix = format!("{}{}-", topology::LAB_PREFIX_ROOT, child.id());
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}: {stdout}{}",
+            gateway.label(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let rows: Vec<&str> = stdout.lines().skip(1).collect();
+        assert_eq!(rows.len(), 2, "{stdout}");
+        assert!(
+            rows[0].starts_with("pod-a") && rows[0].contains("198.51.100.1:"),
+            "{stdout}"
+        );
+        assert!(
+            rows[1].starts_with("pod-b") && rows[1].contains("198.51.100.2:"),
+            "{stdout}"
+        );
+        assert!(rows.iter().all(|row| row.ends_with(" ok")), "{stdout}");
+        assert_eq!(
+            topology::namespaces_with_prefix(&demo_prefix).unwrap(),
+            Vec::<String>::new()
+        );
+    }
+}
+
+/// The mirror answers unknown endpoints and bad parameters with errors, which the probe
+/// turns into a failing exit status.
+#[test]
+fn mirror_rejects_bad_requests() {
+    must_be_root();
+    let mut lab = Lab::build(config(1)).unwrap();
+    lab.start_mirror().unwrap();
+    let get = |path: &str| {
+        lab.run_in(
+            &lab.inet_namespace(),
+            lab_binary(),
+            &[
+                "probe".to_owned(),
+                "get".to_owned(),
+                topology::mirror_tcp().to_string(),
+                path.to_owned(),
+            ],
+            Duration::from_secs(30),
+        )
+    };
+    assert!(get("/").unwrap().stdout.starts_with("203.0.113.10:"));
+    let not_found = get("/nope").unwrap_err().to_string();
+    assert!(not_found.contains("404"), "{not_found}");
+    let bad = get("/bytes?n=lots").unwrap_err().to_string();
+    assert!(bad.contains("400"), "{bad}");
+    let unseen = get("/icmp-seen?token=00").unwrap_err().to_string();
+    assert!(unseen.contains("404"), "{unseen}");
+    lab.teardown().unwrap();
+}
