@@ -8,15 +8,28 @@ use std::net::Ipv4Addr;
 
 /// Adds `bytes` to a running one's-complement sum, as big-endian 16-bit words. An odd trailing byte
 /// is padded with zero, as RFC 1071 specifies.
-pub fn sum_bytes(mut acc: u32, bytes: &[u8]) -> u32 {
-    let mut chunks = bytes.chunks_exact(2);
-    for pair in &mut chunks {
-        acc = add(acc, u32::from(u16::from_be_bytes([pair[0], pair[1]])));
+pub fn sum_bytes(acc: u32, bytes: &[u8]) -> u32 {
+    // Sum 32-bit big-endian words into a 64-bit accumulator and fold once at the end: the
+    // one's-complement sum is associative, so wider words give the same result with fewer steps.
+    let mut wide = u64::from(acc);
+    let mut quads = bytes.chunks_exact(4);
+    for q in &mut quads {
+        wide += u64::from(u32::from_be_bytes([q[0], q[1], q[2], q[3]]));
     }
-    if let [last] = chunks.remainder() {
-        acc = add(acc, u32::from(u16::from_be_bytes([*last, 0])));
+    let rest = quads.remainder();
+    let mut pairs = rest.chunks_exact(2);
+    for pair in &mut pairs {
+        wide += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
     }
-    acc
+    if let [last] = pairs.remainder() {
+        wide += u64::from(u16::from_be_bytes([*last, 0]));
+    }
+    // Fold 64 → 32 → 17 bits; callers may keep adding with `add`.
+    wide = (wide & 0xffff_ffff) + (wide >> 32);
+    wide = (wide & 0xffff_ffff) + (wide >> 32);
+    let mut folded = (wide & 0xffff) + (wide >> 16);
+    folded = (folded & 0xffff) + (folded >> 16);
+    folded as u32
 }
 
 /// One's-complement addition with end-around carry, kept below 2^17 so it can never overflow.

@@ -312,15 +312,26 @@ impl KeyHasher {
     }
 }
 
+/// A bucket packed in a `u64`: the high half is the tag (0 = empty; otherwise the high 32 bits of
+/// the key hash, 0 mapped to 1), the low half the slab slot. All-zero means empty, so a fresh
+/// index is a zeroed allocation the kernel maps lazily (and can back with huge pages).
 #[derive(Clone, Copy)]
-struct Bucket {
-    /// 0 = empty; otherwise the high 32 bits of the key hash (0 mapped to 1). The home bucket
-    /// is derived from the tag, so it can be recomputed for backward-shift deletion.
-    tag: u32,
-    slot: u32,
-}
+struct Bucket(u64);
 
-const EMPTY: Bucket = Bucket { tag: 0, slot: NONE };
+impl Bucket {
+    #[inline]
+    fn new(tag: u32, slot: u32) -> Self {
+        Self((u64::from(tag) << 32) | u64::from(slot))
+    }
+    #[inline]
+    fn tag(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    #[inline]
+    fn slot(self) -> u32 {
+        self.0 as u32
+    }
+}
 
 /// An open-addressing index from a key hash to a slab slot. Keys live in the slab; the index
 /// stores only the hash tag, so equality is decided by the caller's `matches(slot)`.
@@ -328,14 +339,14 @@ const EMPTY: Bucket = Bucket { tag: 0, slot: NONE };
 /// Sized to exactly `capacity / 0.75` buckets (no power-of-two rounding, which could double the
 /// memory): the home bucket is found by "fast range" reduction, `(tag * buckets) >> 32`.
 struct Index {
-    buckets: Vec<Bucket>,
+    buckets: Vec<u64>,
 }
 
 impl Index {
     fn with_capacity(entries: usize) -> Self {
         let buckets = (entries.max(6) * 4).div_ceil(3);
         Self {
-            buckets: vec![EMPTY; buckets],
+            buckets: vec![0u64; buckets],
         }
     }
 
@@ -366,12 +377,12 @@ impl Index {
         let tag = Self::tag(hash);
         let mut i = self.home(tag);
         loop {
-            let b = self.buckets[i];
-            if b.tag == 0 {
+            let b = Bucket(self.buckets[i]);
+            if b.tag() == 0 {
                 return None;
             }
-            if b.tag == tag && matches(b.slot) {
-                return Some(b.slot);
+            if b.tag() == tag && matches(b.slot()) {
+                return Some(b.slot());
             }
             i = self.next(i);
         }
@@ -380,21 +391,21 @@ impl Index {
     fn insert(&mut self, hash: u64, slot: u32) {
         let tag = Self::tag(hash);
         let mut i = self.home(tag);
-        while self.buckets[i].tag != 0 {
+        while Bucket(self.buckets[i]).tag() != 0 {
             i = self.next(i);
         }
-        self.buckets[i] = Bucket { tag, slot };
+        self.buckets[i] = Bucket::new(tag, slot).0;
     }
 
     fn position(&self, hash: u64, slot: u32) -> Option<usize> {
         let tag = Self::tag(hash);
         let mut i = self.home(tag);
         loop {
-            let b = self.buckets[i];
-            if b.tag == 0 {
+            let b = Bucket(self.buckets[i]);
+            if b.tag() == 0 {
                 return None;
             }
-            if b.tag == tag && b.slot == slot {
+            if b.tag() == tag && b.slot() == slot {
                 return Some(i);
             }
             i = self.next(i);
@@ -404,7 +415,7 @@ impl Index {
     /// Points the entry for (`hash`, `old`) at `new`.
     fn repoint(&mut self, hash: u64, old: u32, new: u32) {
         if let Some(i) = self.position(hash, old) {
-            self.buckets[i].slot = new;
+            self.buckets[i] = Bucket::new(Bucket(self.buckets[i]).tag(), new).0;
         }
     }
 
@@ -417,10 +428,10 @@ impl Index {
         let mut i = self.next(hole);
         loop {
             let b = self.buckets[i];
-            if b.tag == 0 {
+            if Bucket(b).tag() == 0 {
                 break;
             }
-            let home = self.home(b.tag);
+            let home = self.home(Bucket(b).tag());
             // Move `b` into the hole unless its home lies cyclically within (hole, i].
             let distance_to_i = (i + n - home) % n;
             let distance_to_hole = (i + n - hole) % n;
@@ -430,11 +441,25 @@ impl Index {
             }
             i = self.next(i);
         }
-        self.buckets[hole] = EMPTY;
+        self.buckets[hole] = 0;
+    }
+
+    /// Loads the home bucket of `hash` (and returns it so the load cannot be optimised away):
+    /// the first of the two memory accesses a lookup makes, issued ahead for a whole batch.
+    #[inline]
+    fn touch_home(&self, hash: u64) -> u64 {
+        self.buckets[self.home(Self::tag(hash))]
+    }
+
+    fn region(&self) -> (usize, usize) {
+        (
+            self.buckets.as_ptr() as usize,
+            self.buckets.len() * std::mem::size_of::<u64>(),
+        )
     }
 
     fn bytes(&self) -> usize {
-        self.buckets.len() * std::mem::size_of::<Bucket>()
+        self.buckets.len() * std::mem::size_of::<u64>()
     }
 }
 
@@ -533,6 +558,45 @@ impl FlowTable {
     #[inline]
     pub fn hash(&self, key: &FlowKey) -> u64 {
         self.hasher.flow(key)
+    }
+
+    /// Issues the bucket load for a lookup of `hash` (first prefetch pass of a batch).
+    #[inline]
+    pub fn touch_bucket(&self, direction: Direction, hash: u64) -> u64 {
+        match direction {
+            Direction::Outbound => self.outbound.touch_home(hash),
+            Direction::Inbound => self.inbound.touch_home(hash),
+        }
+    }
+
+    /// Issues the slab load of the flow the home bucket of `hash` points at (second prefetch
+    /// pass: the bucket is in cache by now). Returns a value derived from the load.
+    #[inline]
+    pub fn touch_flow(&self, direction: Direction, hash: u64) -> u64 {
+        let bucket = Bucket(self.touch_bucket(direction, hash));
+        if bucket.tag() == 0 {
+            return 0;
+        }
+        self.slab
+            .get(bucket.slot() as usize)
+            .map_or(0, |f| f.as_ref().map_or(0, |f| u64::from(f.last_seen)))
+    }
+
+    /// Address ranges (start, length) of the large tables, so an I/O layer can ask the kernel to
+    /// back them with huge pages before they fill up (fewer TLB misses at millions of flows).
+    /// The slab range covers its reserved capacity.
+    pub fn memory_regions(&self) -> Vec<(usize, usize)> {
+        let mut regions = vec![
+            (
+                self.slab.as_ptr() as usize,
+                self.slab.capacity() * std::mem::size_of::<Option<Flow>>(),
+            ),
+            self.outbound.region(),
+            self.inbound.region(),
+            self.endpoint.region(),
+        ];
+        regions.extend(self.mapping.as_ref().map(Index::region));
+        regions
     }
 
     /// Finds a flow by its pod-side 5-tuple.

@@ -144,6 +144,8 @@ const EXPIRY_BUDGET_PER_PACKET: u32 = 4;
 const EXPIRY_BUDGET_WHEN_FULL: u32 = 64;
 /// Candidate ports probed when a new flow must share a port with other destinations.
 const SHARE_PROBES: u32 = 32;
+/// Frames [`Engine::prefetch`] looks at per call (a batch).
+pub const PREFETCH_BATCH: usize = 64;
 
 /// A filter over flows for listing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -501,6 +503,83 @@ impl Engine {
     fn drop(&mut self, reason: DropReason) -> Verdict {
         self.counters.drops.record(reason);
         Verdict::Drop(reason)
+    }
+
+    /// Overlaps the cache misses of a batch: issues, for every frame, the load of its flow-index
+    /// bucket, then the load of the flow it points at, before any frame is processed. Call with a
+    /// batch's frames (read-only) right before calling [`process`](Self::process) on each; it
+    /// changes no state. At millions of flows this turns ~2 serial DRAM misses per packet into
+    /// overlapped ones; frames it cannot classify cheaply are simply skipped.
+    pub fn prefetch(&self, frames: &[&[u8]], ingress: Ingress) {
+        let mut keys = [(Direction::Outbound, 0u64); PREFETCH_BATCH];
+        let n = frames.len().min(PREFETCH_BATCH);
+        let mut sink = 0u64;
+        for (slot, frame) in keys.iter_mut().zip(&frames[..n]) {
+            if let Some((direction, hash)) = self.peek_flow_hash(frame, ingress) {
+                *slot = (direction, hash);
+                sink ^= self.flows.touch_bucket(direction, hash);
+            }
+        }
+        for &(direction, hash) in &keys[..n] {
+            if hash != 0 {
+                sink ^= self.flows.touch_flow(direction, hash);
+            }
+        }
+        std::hint::black_box(sink);
+    }
+
+    /// The flow-index hash `process` will look up for `frame`, from a light parse (no checksum
+    /// verification, no fragments, no ICMP errors): only a hint for [`prefetch`](Self::prefetch).
+    fn peek_flow_hash(&self, frame: &[u8], ingress: Ingress) -> Option<(Direction, u64)> {
+        let mut l3 = packet::ETH_HEADER_LEN;
+        let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+        if ethertype == packet::ETHERTYPE_VLAN {
+            ethertype = u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]);
+            l3 += packet::VLAN_TAG_LEN;
+        }
+        if ethertype != packet::ETHERTYPE_IPV4 {
+            return None;
+        }
+        let ip = frame.get(l3..)?;
+        let header_len = usize::from(*ip.first()? & 0x0f) * 4;
+        let l4 = ip.get(header_len..header_len + 8)?;
+        let src = Ipv4Addr::new(*ip.get(12)?, ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(*ip.get(16)?, ip[17], ip[18], ip[19]);
+        let protocol = Protocol::from_number(ip[9])?;
+        let (sport, dport) = match protocol {
+            Protocol::Tcp | Protocol::Udp => (
+                u16::from_be_bytes([l4[0], l4[1]]),
+                u16::from_be_bytes([l4[2], l4[3]]),
+            ),
+            Protocol::Icmp => (u16::from_be_bytes([l4[4], l4[5]]), 0),
+        };
+        let inbound = match ingress {
+            Ingress::Inside => false,
+            Ingress::Outside => true,
+            Ingress::OneArmed => self.external(dst).is_some(),
+        };
+        let (direction, key) = if inbound {
+            let (ext_port, remote_port) = if protocol == Protocol::Icmp {
+                (sport, 0)
+            } else {
+                (dport, sport)
+            };
+            (
+                Direction::Inbound,
+                FlowKey::new(protocol, dst, ext_port, src, remote_port),
+            )
+        } else {
+            (
+                Direction::Outbound,
+                FlowKey::new(protocol, src, sport, dst, dport),
+            )
+        };
+        Some((direction, self.flows.hash(&key)))
+    }
+
+    /// Address ranges of the engine's large tables (see `FlowTable::memory_regions`).
+    pub fn memory_regions(&self) -> Vec<(usize, usize)> {
+        self.flows.memory_regions()
     }
 
     /// Processes one frame in place. `frame` is the whole buffer (so an ICMP error can be built in

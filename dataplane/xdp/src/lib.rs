@@ -31,6 +31,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod memory;
 pub mod program;
 pub mod sys;
 pub mod xsk;
