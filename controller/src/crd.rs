@@ -4,6 +4,10 @@
 //! Both kinds are cluster-scoped: a gateway serves every namespace that asks for it, and a policy
 //! is referenced by name from namespace or pod annotations.
 
+// Several `printcolumn(...)` entries legitimately repeat `type_ = ...`; clippy mistakes them for
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 

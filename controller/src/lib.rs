@@ -12,5 +12,7 @@ pub mod annotations;
 pub mod crd;
 pub mod crdgen;
 pub mod input;
+pub mod local;
+pub mod print;
 pub mod selector;
 pub mod translate;

@@ -265,6 +265,9 @@ fn calico_set(term: &str, text: &str) -> Result<BTreeSet<String>, SelectorError>
 mod tests {
     use super::*;
 
+    /// (selector text, labels, whether it selects them)
+    type MatchCase = (&'static str, &'static [(&'static str, &'static str)], bool);
+
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -274,7 +277,7 @@ mod tests {
 
     #[test]
     fn kubernetes_syntax_matches_like_kubectl() {
-        let cases: &[(&str, &[(&str, &str)], bool)] = &[
+        let cases: &[MatchCase] = &[
             ("tier=edge", &[("tier", "edge")], true),
             ("tier==edge", &[("tier", "core")], false),
             ("tier!=edge", &[], true),
@@ -304,7 +307,7 @@ mod tests {
 
     #[test]
     fn calico_subset_matches() {
-        let cases: &[(&str, &[(&str, &str)], bool)] = &[
+        let cases: &[MatchCase] = &[
             ("egress-code == 'red'", &[("egress-code", "red")], true),
             ("egress-code == \"red\"", &[("egress-code", "blue")], false),
             ("egress-code != 'red'", &[], true),
