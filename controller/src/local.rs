@@ -105,11 +105,12 @@ pub fn load_dir(dir: &Path) -> Result<LocalInput, LocalError> {
 pub fn load_documents(path: &Path, text: &str, input: &mut LocalInput) -> Result<(), LocalError> {
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
-        let value = serde_json::Value::deserialize(document).map_err(|source| LocalError::Yaml {
-            path: path.to_owned(),
-            document: number,
-            source,
-        })?;
+        let value =
+            serde_json::Value::deserialize(document).map_err(|source| LocalError::Yaml {
+                path: path.to_owned(),
+                document: number,
+                source,
+            })?;
         add_object(path, number, value, input)?;
     }
     Ok(())
@@ -144,12 +145,18 @@ fn add_object(
     match (meta.api_version.as_str(), meta.kind.as_str()) {
         (version, "EgressGateway") if version == egw_version => {
             let gateway: EgressGateway = serde_json::from_value(value).map_err(object_error)?;
-            input.snapshot.gateways.push(GatewayInfo::from_resource(&gateway));
+            input
+                .snapshot
+                .gateways
+                .push(GatewayInfo::from_resource(&gateway));
         }
         (version, "EgressGatewayPolicy") if version == egw_version => {
             let policy: EgressGatewayPolicy =
                 serde_json::from_value(value).map_err(object_error)?;
-            input.snapshot.policies.push(PolicyInfo::from_resource(&policy));
+            input
+                .snapshot
+                .policies
+                .push(PolicyInfo::from_resource(&policy));
         }
         ("v1", "Namespace") => {
             let namespace: Namespace = serde_json::from_value(value).map_err(object_error)?;

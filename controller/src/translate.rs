@@ -493,9 +493,11 @@ impl<'a> Resolver<'a> {
                                 Ok(names)
                             }
                         }
-                        _ => return Err(format!(
+                        _ => {
+                            return Err(format!(
                             "rule #{number}: gateway must set exactly one of `name` and `selector`"
-                        )),
+                        ))
+                        }
                     };
                     match names.and_then(|names| self.set_index(names)) {
                         Ok(set) => Target::Gateways(set),
