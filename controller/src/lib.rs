@@ -5,6 +5,7 @@
 //! * [`annotations`] and [`selector`]: egress intent on namespaces and pods (with Calico aliases).
 //! * [`input`]: the translation's input snapshot, built from Kubernetes objects.
 //! * [`translate`]: snapshot in, per-instance route tables and diagnostics out.
+//! * [`status`]: CRD status (usage, conditions) from the translation's reports.
 //! * [`local`]: a snapshot from a directory of YAML manifests (`egw-controller --local DIR`).
 #![forbid(unsafe_code)]
 
@@ -15,4 +16,5 @@ pub mod input;
 pub mod local;
 pub mod print;
 pub mod selector;
+pub mod status;
 pub mod translate;
