@@ -372,6 +372,10 @@ pub struct GatewayReference {
     /// Selects EgressGateways by label; their instances form one set of next hops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
+    /// Overrides the gateways' `maxNextHops` for this rule (as Calico's rule-level
+    /// `maxNextHops`); 0 uses every Ready instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_next_hops: Option<u32>,
 }
 
 /// What a rule does with matching flows.

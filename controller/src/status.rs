@@ -1,4 +1,4 @@
-//! Status for the custom resources, computed from a [`Translation`]'s reports. Pure: the caller
+//! Status for the custom resources, computed from a [`Translation`](crate::translate::Translation)'s reports. Pure: the caller
 //! passes the current time and the previous status, and writes the result (server-side apply).
 //!
 //! Conditions follow the Kubernetes conventions: `lastTransitionTime` changes only when a

@@ -20,7 +20,8 @@
 //!   instances with at least one Ready address are ranked by rendezvous weight
 //!   [`instance_weight`]`(pod IP, gateway, instance)`, highest first, ties to the smaller
 //!   `(gateway, instance)`; the first `maxNextHops` (all when 0; the smallest non-zero value when
-//!   a selector matched several gateways) are the pod's next hops for that set. Nodes spread the
+//!   a selector matched several gateways; a policy rule's `gateway.maxNextHops` overrides both)
+//!   are the pod's next hops for that set. Nodes spread the
 //!   pod's flows over them (ECMP); removing an instance moves only the pods that used it.
 //! * **Tables.** Every instance of every gateway gets a table. Its one pool (named after the
 //!   instance) holds the instance's Ready addresses. Each client pod has a `/32` source entry.
@@ -346,7 +347,12 @@ struct Resolver<'a> {
 }
 
 impl<'a> Resolver<'a> {
-    fn set_index(&mut self, names: Vec<String>) -> Result<usize, String> {
+    /// Interns the gateway set `names`; `hops_override` replaces the gateways' `maxNextHops`.
+    fn set_index(
+        &mut self,
+        names: Vec<String>,
+        hops_override: Option<u32>,
+    ) -> Result<usize, String> {
         let mut usable = Vec::new();
         let mut max_next_hops = 0_usize;
         for name in &names {
@@ -363,6 +369,9 @@ impl<'a> Resolver<'a> {
                     .filter(|(key, addresses)| key.gateway == *name && !addresses.is_empty())
                     .map(|(key, _)| key.clone()),
             );
+        }
+        if let Some(hops) = hops_override {
+            max_next_hops = usize::try_from(hops).unwrap_or(usize::MAX);
         }
         if usable.is_empty() {
             return Err(if names.len() == 1 {
@@ -499,7 +508,7 @@ impl<'a> Resolver<'a> {
                         ))
                         }
                     };
-                    match names.and_then(|names| self.set_index(names)) {
+                    match names.and_then(|names| self.set_index(names, reference.max_next_hops)) {
                         Ok(set) => Target::Gateways(set),
                         Err(reason) => {
                             let where_ = match &rule.destination {
@@ -970,7 +979,7 @@ pub fn translate(snapshot: &Snapshot) -> Translation {
             let Some((names, _)) = chosen else {
                 return Err("egress annotations name neither a policy nor a gateway".to_owned());
             };
-            let set = resolver.set_index(names.clone())?;
+            let set = resolver.set_index(names.clone(), None)?;
             Ok(*gateway_programs.entry(set).or_insert_with(|| {
                 let program = Program {
                     base_name: bounded_name(format!("gateway:{}", names.join(","))),

@@ -220,6 +220,7 @@ fn usage_reports_count_everything_and_sample_a_bounded_sorted_subset() {
                 gateway: Some(GatewayReference {
                     name: Some("wide".to_owned()),
                     selector: None,
+                    max_next_hops: None,
                 }),
                 action: None,
                 description: None,

@@ -1248,6 +1248,48 @@ status: {phase: Running, podIP: 10.1.0.1}
         ..CASE_DEFAULTS
     },
     Case {
+        name: "rule-level maxNextHops overrides the gateway's",
+        yaml: r#"
+apiVersion: egw.dev/v1alpha1
+kind: EgressGatewayPolicy
+metadata: {name: narrow}
+spec:
+  rules:
+    - {gateway: {name: lab, maxNextHops: 1}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, annotations: {egw.dev/policy: narrow}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p1, namespace: apps}
+status: {phase: Running, podIP: 10.1.0.1}
+"#,
+        probes: &[("dmz/dmz-0", "10.1.0.1", WORLD, "deny:destination is routed through `lab`, not gateway `dmz`")],
+        check_outcomes: false,
+        extra: Some(|translation| {
+            let PodOutcome::Routed { next_hops, .. } = &translation.pods["apps/p1"] else {
+                panic!("p1 must be routed");
+            };
+            assert_eq!(next_hops[0].instances.len(), 1, "{next_hops:?}");
+            assert_eq!(next_hops[0].instances[0].gateway, "lab");
+            let snat_tables = translation
+                .tables
+                .values()
+                .filter(|table| {
+                    let compiled = RouteTable::compile(table.spec.clone()).unwrap();
+                    matches!(
+                        compiled.lookup(Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(8, 8, 8, 8)),
+                        Decision::Snat(_)
+                    )
+                })
+                .count();
+            assert_eq!(snat_tables, 1);
+        }),
+        ..CASE_DEFAULTS
+    },
+    Case {
         name: "two live pods claiming one IP are both denied",
         yaml: r#"
 apiVersion: v1
