@@ -732,7 +732,7 @@ impl Engine {
             return Verdict::Drop(reason);
         }
         if !self.icmp_limit.allow(millis(now)) {
-            self.counters.drops.record(DropReason::IcmpRateLimited);
+            self.counters.icmp_errors_rate_limited += 1;
             return Verdict::Drop(reason);
         }
         match packet::build_icmp_error_in_place(frame, p, icmp_type, code, mtu, from) {

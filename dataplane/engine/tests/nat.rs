@@ -939,3 +939,42 @@ fn flow_events_record_create_and_remove() {
         }
     ));
 }
+
+#[test]
+fn icmp_errors_the_gateway_generates_are_rate_limited() {
+    let config = EngineConfig {
+        icmp_errors_per_second: 5,
+        ..base_config()
+    };
+    let mut gw = Gateway::with_config(1, config, two_pool_table(1));
+    let probe = from_pod(POD_A).ttl(1).udp(40000, 33434).build();
+    let sent = (0..20)
+        .filter(|_| {
+            matches!(
+                gw.send(Ingress::Inside, &probe),
+                harness::Outcome::Forwarded { .. }
+            )
+        })
+        .count();
+    assert_eq!(
+        sent,
+        5,
+        "a burst gets at most the per-second budget\n{}",
+        gw.dump()
+    );
+    let c = *gw.engines[0].counters();
+    assert_eq!((c.icmp_errors_sent, c.icmp_errors_rate_limited), (5, 15));
+    assert_eq!(
+        gw.drops(DropReason::TtlExceeded),
+        20,
+        "every expired packet is counted once"
+    );
+    gw.advance(1);
+    assert!(
+        matches!(
+            gw.send(Ingress::Inside, &probe),
+            harness::Outcome::Forwarded { .. }
+        ),
+        "the budget refills"
+    );
+}
