@@ -204,6 +204,7 @@ fn ipv4_at(bytes: &[u8], offset: usize) -> Ipv4Addr {
 
 /// Validates a frame and returns its layout. Every way a frame can be malformed maps to a named
 /// [`DropReason`]; nothing here panics on any input.
+#[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, DropReason> {
     if frame.len() < ETH_HEADER_LEN {
         return Err(DropReason::BadEthernet);
@@ -259,6 +260,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, DropReason> {
     })
 }
 
+#[inline]
 fn parse_transport(
     protocol: u8,
     l4: &[u8],
