@@ -117,6 +117,9 @@ enum ProbeCommand {
         #[arg(default_value_t = topology::mirror_udp())]
         mirror: SocketAddr,
     },
+    /// UDP to a closed port; prints `refused` if the ICMP port-unreachable came back (translated),
+    /// `no-answer` otherwise.
+    UdpRefused { target: SocketAddr },
     /// ICMP echo with a random token; prints `reply-from=<ip> token=<hex>`.
     Icmp {
         #[arg(default_value_t = topology::MIRROR_ADDRESS)]
@@ -292,6 +295,9 @@ fn run_probe(command: ProbeCommand) -> Result<ExitCode> {
     match command {
         ProbeCommand::Tcp { mirror } => print_line(probe::tcp_source_seen(mirror)?)?,
         ProbeCommand::Udp { mirror } => print_line(probe::udp_source_seen(mirror)?)?,
+        ProbeCommand::UdpRefused { target } => {
+            print_line(if probe::udp_refused(target)? { "refused" } else { "no-answer" })?
+        }
         ProbeCommand::Icmp { target } => {
             let echo = probe::icmp_echo(target)?;
             print_line(format!(

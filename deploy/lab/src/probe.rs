@@ -63,6 +63,33 @@ pub fn udp_source_seen(mirror: SocketAddr) -> Result<SocketAddr> {
     )))
 }
 
+/// Sends UDP datagrams to a port nobody listens on and reports whether the ICMP port-unreachable
+/// the target sends back reached this socket. A connected UDP socket only sees
+/// `ECONNREFUSED` when the error arrives with a quote that matches it, so through a NAT this
+/// proves the ICMP error was translated back (RFC 5508), quoted header included.
+pub fn udp_refused(target: SocketAddr) -> Result<bool> {
+    let context = |what: &str| format!("UDP refusal probe to {target}: {what}");
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .map_err(|source| LabError::io(context("bind"), source))?;
+    socket
+        .connect(target)
+        .and_then(|()| socket.set_read_timeout(Some(DATAGRAM_ATTEMPT_TIMEOUT)))
+        .map_err(|source| LabError::io(context("connect"), source))?;
+    let mut buf = [0u8; 64];
+    for _ in 0..DATAGRAM_ATTEMPTS {
+        match socket.send(b"egw-lab closed-port probe") {
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(true),
+            Err(error) => return Err(LabError::io(context("send"), error)),
+            Ok(_) => {}
+        }
+        match socket.recv(&mut buf) {
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(true),
+            Err(_) | Ok(_) => {}
+        }
+    }
+    Ok(false)
+}
+
 /// Result of an ICMP echo probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IcmpEcho {

@@ -988,6 +988,13 @@ impl Lab {
         Self::parse_addr(&out, "egw-lab probe udp")
     }
 
+    /// Whether a UDP datagram from `pod` to `target` (a closed port) comes back as a translated
+    /// ICMP port-unreachable (see `probe::udp_refused`).
+    pub fn probe_udp_refused(&self, pod: &str, target: SocketAddr) -> Result<bool> {
+        let out = self.pod_probe(pod, &["udp-refused", &target.to_string()], PROBE_TIMEOUT)?;
+        Ok(out == "refused")
+    }
+
     /// Pings the mirror from `pod` and asks the mirror (from inside the internet namespace,
     /// not through the gateway) which source the echo request had.
     pub fn probe_icmp(&self, pod: &str) -> Result<IcmpObservation> {
