@@ -20,7 +20,7 @@ pub struct ControlServerConfig {
     pub unix_socket: Option<UnixSocketConfig>,
     /// The TCP listener, always with mutual TLS.
     pub tcp: Option<TcpListenerConfig>,
-    /// Requests larger than this are refused with `RESOURCE_EXHAUSTED`.
+    /// Requests larger than this are refused with `OUT_OF_RANGE` before decoding.
     pub max_message_bytes: usize,
 }
 

@@ -98,6 +98,7 @@ struct BoundTcp {
 /// Binding first lets a caller learn the actual TCP port when it asked for port 0.
 pub struct BoundControlServer<B> {
     service: GatewayService<B>,
+    stop_sender: watch::Sender<bool>,
     unix: Option<(UnixListener, PathBuf)>,
     tcp: Option<BoundTcp>,
     max_message_bytes: usize,
@@ -151,8 +152,10 @@ impl<B: ControlBackend> BoundControlServer<B> {
             .unix_socket
             .map(|unix| bind_unix(&unix))
             .transpose()?;
+        let (stop_sender, stop_receiver) = watch::channel(false);
         Ok(BoundControlServer {
-            service: GatewayService::new(backend),
+            service: GatewayService::new(backend, stop_receiver),
+            stop_sender,
             unix,
             tcp,
             max_message_bytes: config.max_message_bytes,
@@ -164,7 +167,8 @@ impl<B: ControlBackend> BoundControlServer<B> {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ControlError> {
-        let (stop_sender, stop_receiver) = watch::channel(false);
+        let stop_sender = self.stop_sender;
+        let stop_receiver = stop_sender.subscribe();
         let stop_signal = |mut receiver: watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
             let _ = receiver.wait_for(|stop| *stop).await;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use egw_proto::v1;
 use egw_proto::v1::gateway_server::Gateway;
+use tokio::sync::watch;
+use tokio_stream::wrappers::{IntervalStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -34,6 +36,9 @@ impl TableState {
 pub(crate) struct GatewayService<B> {
     backend: Arc<B>,
     tables: Arc<Mutex<TableState>>,
+    /// Becomes true when the server shuts down; ends WatchStats streams, which
+    /// would otherwise hold graceful shutdown open forever.
+    stopping: watch::Receiver<bool>,
 }
 
 impl<B> Clone for GatewayService<B> {
@@ -41,6 +46,7 @@ impl<B> Clone for GatewayService<B> {
         GatewayService {
             backend: Arc::clone(&self.backend),
             tables: Arc::clone(&self.tables),
+            stopping: self.stopping.clone(),
         }
     }
 }
@@ -68,11 +74,12 @@ fn join_error(error: tokio::task::JoinError) -> Status {
 }
 
 impl<B: ControlBackend> GatewayService<B> {
-    pub(crate) fn new(backend: Arc<B>) -> Self {
+    pub(crate) fn new(backend: Arc<B>, stopping: watch::Receiver<bool>) -> Self {
         let current = backend.initial_route_table();
         GatewayService {
             backend,
             tables: Arc::new(Mutex::new(TableState { current })),
+            stopping,
         }
     }
 
@@ -116,6 +123,11 @@ impl<B: ControlBackend> GatewayService<B> {
             unchanged: false,
         })
     }
+}
+
+enum WatchEvent {
+    Tick,
+    Stop,
 }
 
 type StatsStream = Pin<Box<dyn Stream<Item = Result<v1::StatsSnapshot, Status>> + Send>>;
@@ -212,8 +224,14 @@ impl<B: ControlBackend> Gateway for GatewayService<B> {
         let backend = Arc::clone(&self.backend);
         // No spawned task: the stream lives in the response body and is
         // dropped (with its backend reference) as soon as the client goes away.
-        let snapshots = tokio_stream::wrappers::IntervalStream::new(ticks)
-            .map(move |_| Ok(backend.stats_snapshot()));
+        let ticks = IntervalStream::new(ticks).map(|_| WatchEvent::Tick);
+        let stop = WatchStream::new(self.stopping.clone())
+            .filter(|stopping| *stopping)
+            .map(|_| WatchEvent::Stop);
+        let snapshots = ticks.merge(stop).map_while(move |event| match event {
+            WatchEvent::Tick => Some(Ok(backend.stats_snapshot())),
+            WatchEvent::Stop => None,
+        });
         Ok(Response::new(Box::pin(snapshots)))
     }
 
