@@ -15,7 +15,7 @@ use crate::args::{
     StatsArgs,
 };
 use crate::connect::{ConfigFile, Target};
-use crate::error::{error_chain, CliError};
+use crate::error::{status_chain, tls_hint, CliError};
 use crate::render;
 use crate::views::{ApplyView, DrainView, FlowListView, FlowView, StatsView, StatusView};
 
@@ -62,7 +62,7 @@ fn explain_transport(error: CliError, target: &Target) -> CliError {
     ) {
         return error;
     }
-    let reason = error_chain(status);
+    let reason = status_chain(status);
     let lowered = reason.to_lowercase();
     match target {
         Target::Https { url, ca, cert, .. }
@@ -72,9 +72,8 @@ fn explain_transport(error: CliError, target: &Target) -> CliError {
         {
             CliError::Tls {
                 server: url.clone(),
+                hint: tls_hint(&reason, ca, cert),
                 reason,
-                ca: ca.display().to_string(),
-                cert: cert.display().to_string(),
             }
         }
         _ if status.code() == tonic::Code::Unavailable => CliError::Unreachable {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 use crate::args::Cli;
-use crate::error::{error_chain, CliError};
+use crate::error::{error_chain, tls_hint, CliError};
 
 /// The gateway's default control socket.
 pub const DEFAULT_SERVER: &str = "unix:///run/egw/egw.sock";
@@ -164,11 +164,13 @@ impl Target {
                 let ca_pem = read_pem(ca, "CA certificate", "ca", "CA", "CERTIFICATE")?;
                 let cert_pem = read_pem(cert, "client certificate", "cert", "CERT", "CERTIFICATE")?;
                 let key_pem = read_pem(key, "client key", "key", "KEY", "PRIVATE KEY")?;
-                let tls_error = |error: tonic::transport::Error| CliError::Tls {
-                    server: url.clone(),
-                    reason: error_chain(&error),
-                    ca: ca.display().to_string(),
-                    cert: cert.display().to_string(),
+                let tls_error = |error: tonic::transport::Error| {
+                    let reason = error_chain(&error);
+                    CliError::Tls {
+                        server: url.clone(),
+                        hint: tls_hint(&reason, ca, cert),
+                        reason,
+                    }
                 };
                 let tls = ClientTlsConfig::new()
                     .ca_certificate(Certificate::from_pem(ca_pem))

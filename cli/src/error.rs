@@ -54,20 +54,14 @@ pub enum CliError {
         problem: String,
     },
     /// The TLS handshake or configuration failed.
-    #[error(
-        "TLS with {server} failed: {reason}\n\
-         hint: check that --ca ({ca}) signed the gateway certificate and that \
-         --cert ({cert}) was issued by the gateway's client CA"
-    )]
+    #[error("TLS with {server} failed: {reason}\nhint: {hint}")]
     Tls {
         /// The address.
         server: String,
         /// Why.
         reason: String,
-        /// The CA file used.
-        ca: String,
-        /// The client certificate file used.
-        cert: String,
+        /// Which file to check, and why.
+        hint: String,
     },
     /// The configuration file is unreadable or invalid.
     #[error("configuration file {path}: {problem}")]
@@ -116,6 +110,44 @@ fn describe_status(status: &tonic::Status) -> String {
         ),
         code => format!("the gateway answered {code:?}: {message}"),
     }
+}
+
+/// The hint for a TLS failure: which side refused, and which file to check.
+pub(crate) fn tls_hint(reason: &str, ca: &std::path::Path, cert: &std::path::Path) -> String {
+    if reason.contains("invalid peer certificate") {
+        format!(
+            "the gateway's certificate is not trusted: check that --ca / EGW_CA ({}) is the CA that \
+             signed it and that the address matches its names",
+            ca.display()
+        )
+    } else if reason.contains("alert") {
+        format!(
+            "the gateway refused the client certificate: check that --cert / EGW_CERT ({}) was \
+             issued by the gateway's client CA and is not expired",
+            cert.display()
+        )
+    } else {
+        format!(
+            "check --ca / EGW_CA ({}) and --cert / EGW_CERT ({})",
+            ca.display(),
+            cert.display()
+        )
+    }
+}
+
+/// The message of a failed call and all its causes, joined by ": ".
+pub(crate) fn status_chain(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The message of an error and all its causes, joined by ": ".
