@@ -625,6 +625,16 @@ async fn the_unix_socket_is_created_with_its_mode_and_removed_on_shutdown() {
     let socket = server.socket.clone();
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
+    let parent_mode = std::fs::metadata(socket.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(
+        parent_mode & 0o007,
+        0,
+        "the created parent directory is closed to others"
+    );
 
     // A second server on the same live socket is refused.
     let error = BoundControlServer::bind(
@@ -1008,10 +1018,16 @@ async fn mtls_refuses_unknown_ca_and_missing_client_certificates() {
     let other_ca = TestCa::new("someone else's CA");
     let impostor = other_ca.client("ops-admin");
     let error = status_over_tls(&server, Some(&impostor)).await.unwrap_err();
-    assert!(error.contains("UnknownCA"), "unknown CA refused with: {error}");
+    assert!(
+        error.contains("UnknownCA"),
+        "unknown CA refused with: {error}"
+    );
 
     let error = status_over_tls(&server, None).await.unwrap_err();
-    assert!(error.contains("CertificateRequired"), "no client certificate refused with: {error}");
+    assert!(
+        error.contains("CertificateRequired"),
+        "no client certificate refused with: {error}"
+    );
 
     // The server is still healthy after the refusals.
     status_over_tls(&server, Some(&trusted)).await.unwrap();

@@ -21,6 +21,8 @@ use super::{ControlBackend, ControlServerConfig, MtlsConfig, UnixSocketConfig};
 /// The most concurrent requests per connection; bounds what one client can
 /// make the gateway do at once.
 const CONCURRENCY_PER_CONNECTION: usize = 32;
+/// Mode of socket parent directories the server creates: owner and group only.
+const PARENT_DIR_MODE: u32 = 0o750;
 /// The most concurrent HTTP/2 streams per connection (WatchStats streams included).
 const MAX_CONCURRENT_STREAMS: u32 = 64;
 
@@ -318,7 +320,7 @@ fn bind_tcp(addr: SocketAddr, tls: MtlsConfig) -> Result<BoundTcp, ControlError>
 }
 
 fn bind_unix(config: &UnixSocketConfig) -> Result<(UnixListener, PathBuf), ControlError> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     let path = config.path.clone();
     let io_error = |source| ControlError::UnixSocket {
         path: path.clone(),
@@ -328,7 +330,13 @@ fn bind_unix(config: &UnixSocketConfig) -> Result<(UnixListener, PathBuf), Contr
         .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
     {
-        std::fs::create_dir_all(parent).map_err(io_error)?;
+        // The socket is briefly accessible under the umask between bind and
+        // chmod; a directory closed to others removes that window.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PARENT_DIR_MODE)
+            .create(parent)
+            .map_err(io_error)?;
     }
     match std::fs::symlink_metadata(&path) {
         Ok(metadata) if metadata.file_type().is_socket() => {
