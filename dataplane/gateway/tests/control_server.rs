@@ -1064,3 +1064,56 @@ async fn a_server_needs_a_listener_and_tls_identities() {
         Err(ControlError::NoIdentities { .. })
     ));
 }
+
+#[tokio::test]
+async fn undecodable_requests_are_errors_not_crashes() {
+    let backend = Arc::new(TestBackend::new(0));
+    let server = start_unix(Arc::clone(&backend));
+    let channel = unix_channel(&server.socket).await;
+
+    // A DrainRequest's field 1 is a string; ApplyRouteTable's field 1 is a
+    // varint, so the server cannot decode these bytes as a RouteTable.
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.unwrap();
+    let status = raw
+        .unary(
+            tonic::Request::new(v1::DrainRequest {
+                external_ip: "garbage".into(),
+                undrain: true,
+            }),
+            "/egw.v1.Gateway/ApplyRouteTable".parse().unwrap(),
+            tonic_prost::ProstCodec::<v1::DrainRequest, v1::ApplyRouteTableResponse>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status}");
+    assert!(backend.applied_generations().is_empty());
+
+    // An unknown method is UNIMPLEMENTED.
+    raw.ready().await.unwrap();
+    let status = raw
+        .unary(
+            tonic::Request::new(v1::GetStatusRequest {}),
+            "/egw.v1.Gateway/Reboot".parse().unwrap(),
+            tonic_prost::ProstCodec::<v1::GetStatusRequest, v1::GetStatusResponse>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+
+    // A table whose action is empty reaches the backend's validation (here it
+    // passes, since the test backend only checks references) without a panic,
+    // and the server keeps answering.
+    let mut client = GatewayClient::new(channel);
+    let mut odd = table(1, "198.51.100.1");
+    odd.policies[0].rules[0].action = Some(v1::Action { kind: None });
+    odd.default_action = None;
+    client.apply_route_table(odd).await.unwrap();
+    let status = client
+        .get_status(v1::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.generation, 1);
+    server.stop().await.unwrap();
+}
