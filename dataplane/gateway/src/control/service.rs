@@ -23,19 +23,26 @@ const DEFAULT_WATCH_INTERVAL_MS: u64 = 1_000;
 /// The route table being served, owned by the server so generation rules do
 /// not depend on each backend getting them right.
 #[derive(Debug, Default)]
-struct TableState {
-    current: Option<v1::RouteTable>,
+struct Tables {
+    /// The served table; locked only briefly, so readers never wait for an apply.
+    current: Mutex<Option<Arc<v1::RouteTable>>>,
+    /// Held across a whole apply (check, backend call, swap) to serialise them.
+    apply_serial: Mutex<()>,
 }
 
-impl TableState {
+impl Tables {
+    fn current(&self) -> Option<Arc<v1::RouteTable>> {
+        lock(&self.current).clone()
+    }
+
     fn generation(&self) -> u64 {
-        self.current.as_ref().map_or(0, |table| table.generation)
+        self.current().map_or(0, |table| table.generation)
     }
 }
 
 pub(crate) struct GatewayService<B> {
     backend: Arc<B>,
-    tables: Arc<Mutex<TableState>>,
+    tables: Arc<Tables>,
     /// Becomes true when the server shuts down; ends WatchStats streams, which
     /// would otherwise hold graceful shutdown open forever.
     stopping: watch::Receiver<bool>,
@@ -52,9 +59,9 @@ impl<B> Clone for GatewayService<B> {
 }
 
 /// A poisoned lock only means a backend call panicked while holding it; the
-/// state itself is replaced atomically, so it is still consistent.
-fn lock(tables: &Mutex<TableState>) -> MutexGuard<'_, TableState> {
-    tables
+/// guarded values are replaced whole, so they are still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -75,24 +82,25 @@ fn join_error(error: tokio::task::JoinError) -> Status {
 
 impl<B: ControlBackend> GatewayService<B> {
     pub(crate) fn new(backend: Arc<B>, stopping: watch::Receiver<bool>) -> Self {
-        let current = backend.initial_route_table();
+        let tables = Tables {
+            current: Mutex::new(backend.initial_route_table().map(Arc::new)),
+            apply_serial: Mutex::new(()),
+        };
         GatewayService {
             backend,
-            tables: Arc::new(Mutex::new(TableState { current })),
+            tables: Arc::new(tables),
             stopping,
         }
     }
 
     fn apply(
         backend: &B,
-        tables: &Mutex<TableState>,
+        tables: &Tables,
         table: v1::RouteTable,
     ) -> Result<v1::ApplyRouteTableResponse, Status> {
-        // Held across the backend call: applies are serialised, and a reader
-        // of the table never sees one the backend refused.
-        let mut state = lock(tables);
-        let current_generation = state.generation();
-        if let Some(current) = &state.current {
+        let _serial = lock(&tables.apply_serial);
+        if let Some(current) = tables.current() {
+            let current_generation = current.generation;
             if table.generation < current_generation {
                 return Err(Status::failed_precondition(format!(
                     "generation {} is older than the current generation {current_generation}",
@@ -113,11 +121,12 @@ impl<B: ControlBackend> GatewayService<B> {
                 };
             }
         }
+        let table = Arc::new(table);
         backend
-            .apply_route_table(table.clone())
+            .apply_route_table(v1::RouteTable::clone(&table))
             .map_err(backend_status)?;
         let generation = table.generation;
-        state.current = Some(table);
+        *lock(&tables.current) = Some(table);
         Ok(v1::ApplyRouteTableResponse {
             generation,
             unchanged: false,
@@ -158,10 +167,10 @@ impl<B: ControlBackend> Gateway for GatewayService<B> {
         request: Request<v1::GetRouteTableRequest>,
     ) -> Result<Response<v1::GetRouteTableResponse>, Status> {
         require(&request, Role::Reader)?;
-        let state = lock(&self.tables);
+        let current = self.tables.current();
         Ok(Response::new(v1::GetRouteTableResponse {
-            table: state.current.clone(),
-            generation: state.generation(),
+            generation: current.as_ref().map_or(0, |table| table.generation),
+            table: current.map(|table| v1::RouteTable::clone(&table)),
             epoch: self.backend.epoch(),
         }))
     }
@@ -173,7 +182,7 @@ impl<B: ControlBackend> Gateway for GatewayService<B> {
         require(&request, Role::Reader)?;
         let mut status = self.backend.status();
         status.epoch = self.backend.epoch();
-        status.generation = lock(&self.tables).generation();
+        status.generation = self.tables.generation();
         Ok(Response::new(status))
     }
 
@@ -182,7 +191,8 @@ impl<B: ControlBackend> Gateway for GatewayService<B> {
         request: Request<v1::ListFlowsRequest>,
     ) -> Result<Response<v1::ListFlowsResponse>, Status> {
         require(&request, Role::Reader)?;
-        let query = query_from_request(request.get_ref())?;
+        let epoch = self.backend.epoch();
+        let query = query_from_request(request.get_ref(), epoch)?;
         let backend = Arc::clone(&self.backend);
         let (query, page) = tokio::task::spawn_blocking(move || {
             let page = backend.list_flows(&query);
@@ -199,7 +209,7 @@ impl<B: ControlBackend> Gateway for GatewayService<B> {
         }
         let next_page_token = page
             .next
-            .map(|cursor| encode_token(&query, cursor))
+            .map(|cursor| encode_token(&query, cursor, epoch))
             .unwrap_or_default();
         Ok(Response::new(v1::ListFlowsResponse {
             flows: page.flows,
