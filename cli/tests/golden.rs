@@ -131,24 +131,11 @@ impl FixtureBackend {
 
 impl ControlBackend for FixtureBackend {
     fn apply_route_table(&self, table: v1::RouteTable) -> Result<(), BackendError> {
-        let pools: Vec<&str> = table.pools.iter().map(|pool| pool.name.as_str()).collect();
-        for policy in &table.policies {
-            for (index, rule) in policy.rules.iter().enumerate() {
-                if let Some(v1::action::Kind::Snat(snat)) =
-                    rule.action.as_ref().and_then(|action| action.kind.as_ref())
-                {
-                    if !pools.contains(&snat.pool.as_str()) {
-                        return Err(BackendError::InvalidTable {
-                            message: format!(
-                                "policies[{}].rules[{index}]: unknown pool {:?}",
-                                policy.name, snat.pool
-                            ),
-                        });
-                    }
-                }
-            }
-        }
-        Ok(())
+        egw_proto::validate::validate(&table)
+            .map(drop)
+            .map_err(|invalid| BackendError::InvalidTable {
+                message: invalid.to_string(),
+            })
     }
 
     fn initial_route_table(&self) -> Option<v1::RouteTable> {

@@ -1,7 +1,7 @@
 //! The control server against real tonic clients, on a Unix socket in a
 //! temporary directory and on 127.0.0.1 with mutual TLS.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,40 +87,13 @@ fn test_flow(index: usize) -> v1::Flow {
     }
 }
 
+/// The checks a real gateway runs, from egw-proto.
 fn validate(table: &v1::RouteTable) -> Result<(), BackendError> {
-    let pools: HashSet<&str> = table.pools.iter().map(|pool| pool.name.as_str()).collect();
-    let policies: HashSet<&str> = table
-        .policies
-        .iter()
-        .map(|policy| policy.name.as_str())
-        .collect();
-    for policy in &table.policies {
-        for (index, rule) in policy.rules.iter().enumerate() {
-            if let Some(v1::action::Kind::Snat(snat)) =
-                rule.action.as_ref().and_then(|action| action.kind.as_ref())
-            {
-                if !pools.contains(snat.pool.as_str()) {
-                    return Err(BackendError::InvalidTable {
-                        message: format!(
-                            "policies[{}].rules[{index}]: unknown pool {:?}",
-                            policy.name, snat.pool
-                        ),
-                    });
-                }
-            }
-        }
-    }
-    for source in &table.sources {
-        if !policies.contains(source.policy.as_str()) {
-            return Err(BackendError::InvalidTable {
-                message: format!(
-                    "sources[{}]: unknown policy {:?}",
-                    source.cidr, source.policy
-                ),
-            });
-        }
-    }
-    Ok(())
+    egw_proto::validate::validate(table)
+        .map(drop)
+        .map_err(|invalid| BackendError::InvalidTable {
+            message: invalid.to_string(),
+        })
 }
 
 impl ControlBackend for TestBackend {
@@ -1101,19 +1074,23 @@ async fn undecodable_requests_are_errors_not_crashes() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
 
-    // A table whose action is empty reaches the backend's validation (here it
-    // passes, since the test backend only checks references) without a panic,
-    // and the server keeps answering.
+    // A table whose action is empty is refused with the offending path, and
+    // the server keeps answering.
     let mut client = GatewayClient::new(channel);
     let mut odd = table(1, "198.51.100.1");
     odd.policies[0].rules[0].action = Some(v1::Action { kind: None });
-    odd.default_action = None;
-    client.apply_route_table(odd).await.unwrap();
+    let status = client.apply_route_table(odd).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("policies[0].rules[0].action"),
+        "{}",
+        status.message()
+    );
     let status = client
         .get_status(v1::GetStatusRequest {})
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(status.generation, 1);
+    assert_eq!(status.generation, 0);
     server.stop().await.unwrap();
 }
