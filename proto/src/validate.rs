@@ -97,15 +97,6 @@ pub fn check(table: &RouteTable) -> Result<(), InvalidTable> {
         }
     }
 
-    let mut check_action =
-        |path: String, action: &Action, problem: &mut dyn FnMut(String, String)| {
-            if let Action::Snat { pool } = action {
-                if !pool_names.contains(pool.as_str()) {
-                    problem(path, format!("unknown pool {pool:?}"));
-                }
-            }
-        };
-
     let mut policy_names = HashSet::new();
     for (policy_index, policy) in table.policies.iter().enumerate() {
         let policy_label = label(&policy.name, policy_index);
@@ -132,7 +123,9 @@ pub fn check(table: &RouteTable) -> Result<(), InvalidTable> {
                     format!("destination {} is also rules[{first}]", rule.destination),
                 );
             }
-            check_action(path, &rule.action, &mut problem);
+            if let Some(text) = unknown_pool(&rule.action, &pool_names) {
+                problem(path, text);
+            }
         }
     }
 
@@ -153,12 +146,24 @@ pub fn check(table: &RouteTable) -> Result<(), InvalidTable> {
         }
     }
 
-    check_action("default".into(), &table.default_action, &mut problem);
+    if let Some(text) = unknown_pool(&table.default_action, &pool_names) {
+        problem("default".into(), text);
+    }
 
     if problems.is_empty() {
         Ok(())
     } else {
         Err(InvalidTable { problems })
+    }
+}
+
+/// The problem of an SNAT action naming a pool the table does not define.
+fn unknown_pool(action: &Action, pool_names: &HashSet<&str>) -> Option<String> {
+    match action {
+        Action::Snat { pool } if !pool_names.contains(pool.as_str()) => {
+            Some(format!("unknown pool {pool:?}"))
+        }
+        _ => None,
     }
 }
 
