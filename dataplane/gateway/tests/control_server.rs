@@ -1036,6 +1036,23 @@ async fn a_server_needs_a_listener_and_tls_identities() {
         BoundControlServer::bind(nobody, Arc::new(TestBackend::new(0))),
         Err(ControlError::NoIdentities { .. })
     ));
+
+    let garbage_tls = ControlServerConfig {
+        unix_socket: None,
+        tcp: Some(TcpListenerConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            tls: MtlsConfig {
+                server_cert_pem: b"not a certificate".to_vec(),
+                server_key_pem: b"not a key".to_vec(),
+                client_ca_pem: b"not a CA".to_vec(),
+                admin_identities: vec!["ops-admin".into()],
+                reader_identities: vec![],
+            },
+        }),
+        ..ControlServerConfig::default()
+    };
+    let error = BoundControlServer::bind(garbage_tls, Arc::new(TestBackend::new(0))).unwrap_err();
+    assert!(matches!(error, ControlError::Tls { .. }), "{error}");
 }
 
 #[tokio::test]

@@ -43,6 +43,8 @@
 //! [`ControlBackend::apply_route_table`]): the backend only sees tables that
 //! are newer than the one it serves.
 
+#![forbid(unsafe_code)]
+
 mod auth;
 mod config;
 mod paging;

@@ -92,7 +92,8 @@ pub enum ControlError {
 struct BoundTcp {
     incoming: TcpIncoming,
     addr: SocketAddr,
-    tls: ServerTlsConfig,
+    /// Already holds the TLS acceptor, so bad certificates fail `bind`.
+    server: Server,
     rules: Arc<IdentityRules>,
 }
 
@@ -187,22 +188,25 @@ impl<B: ControlBackend> BoundControlServer<B> {
             let Some((listener, path)) = self.unix else {
                 return Ok(());
             };
-            let result = router(
-                Server::builder(),
-                &service,
-                &health_service,
-                Authenticator::Unix,
-                max_message_bytes,
-            )?
-            .serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
-                stop_signal(stop_receiver.clone()),
-            )
-            .await
-            .map_err(|source| ControlError::Serve {
-                listener: path.display().to_string(),
-                source,
-            });
+            let result = async {
+                router(
+                    Server::builder(),
+                    &service,
+                    &health_service,
+                    Authenticator::Unix,
+                    max_message_bytes,
+                )?
+                .serve_with_incoming_shutdown(
+                    UnixListenerStream::new(listener),
+                    stop_signal(stop_receiver.clone()),
+                )
+                .await
+                .map_err(|source| ControlError::Serve {
+                    listener: path.display().to_string(),
+                    source,
+                })
+            }
+            .await;
             // Whatever ended this server ends the other one too.
             let _ = stop_sender.send(true);
             result
@@ -211,26 +215,22 @@ impl<B: ControlBackend> BoundControlServer<B> {
             let Some(tcp) = self.tcp else {
                 return Ok(());
             };
-            let builder =
-                Server::builder()
-                    .tls_config(tcp.tls)
-                    .map_err(|source| ControlError::Tls {
-                        addr: tcp.addr,
-                        source,
-                    })?;
-            let result = router(
-                builder,
-                &service,
-                &health_service,
-                Authenticator::Mtls(tcp.rules),
-                max_message_bytes,
-            )?
-            .serve_with_incoming_shutdown(tcp.incoming, stop_signal(stop_receiver.clone()))
-            .await
-            .map_err(|source| ControlError::Serve {
-                listener: tcp.addr.to_string(),
-                source,
-            });
+            let result = async {
+                router(
+                    tcp.server,
+                    &service,
+                    &health_service,
+                    Authenticator::Mtls(tcp.rules),
+                    max_message_bytes,
+                )?
+                .serve_with_incoming_shutdown(tcp.incoming, stop_signal(stop_receiver.clone()))
+                .await
+                .map_err(|source| ControlError::Serve {
+                    listener: tcp.addr.to_string(),
+                    source,
+                })
+            }
+            .await;
             let _ = stop_sender.send(true);
             result
         };
@@ -296,11 +296,6 @@ fn bind_tcp(addr: SocketAddr, tls: MtlsConfig) -> Result<BoundTcp, ControlError>
     if tls.admin_identities.is_empty() && tls.reader_identities.is_empty() {
         return Err(ControlError::NoIdentities { addr });
     }
-    let incoming =
-        TcpIncoming::bind(addr).map_err(|source| ControlError::TcpBind { addr, source })?;
-    let bound_addr = incoming
-        .local_addr()
-        .map_err(|source| ControlError::TcpBind { addr, source })?;
     let server_tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             &tls.server_cert_pem,
@@ -308,10 +303,18 @@ fn bind_tcp(addr: SocketAddr, tls: MtlsConfig) -> Result<BoundTcp, ControlError>
         ))
         .client_ca_root(Certificate::from_pem(&tls.client_ca_pem))
         .client_auth_optional(false);
+    let server = Server::builder()
+        .tls_config(server_tls)
+        .map_err(|source| ControlError::Tls { addr, source })?;
+    let incoming =
+        TcpIncoming::bind(addr).map_err(|source| ControlError::TcpBind { addr, source })?;
+    let bound_addr = incoming
+        .local_addr()
+        .map_err(|source| ControlError::TcpBind { addr, source })?;
     Ok(BoundTcp {
         incoming,
         addr: bound_addr,
-        tls: server_tls,
+        server,
         rules: Arc::new(IdentityRules {
             admins: tls.admin_identities,
             readers: tls.reader_identities,
