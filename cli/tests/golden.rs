@@ -297,7 +297,14 @@ impl Fixture {
     /// Runs egwctl with `args` against this server; output, or the error text.
     async fn egwctl(&self, args: &[&str]) -> Result<String, String> {
         let server = format!("unix://{}", self.socket.display());
-        let mut argv = vec!["egwctl", "--server", server.as_str()];
+        // An empty config file isolates the test from the user's ~/.config/egw.
+        let mut argv = vec![
+            "egwctl",
+            "--config",
+            "/dev/null",
+            "--server",
+            server.as_str(),
+        ];
         argv.extend_from_slice(args);
         let cli = egwctl::Cli::try_parse_from(argv).map_err(|error| error.to_string())?;
         let mut out = Vec::new();
@@ -540,7 +547,9 @@ async fn drain() {
 #[tokio::test]
 async fn connection_errors_name_the_address_and_the_fix() {
     let run = |args: Vec<&'static str>| async move {
-        let cli = egwctl::Cli::try_parse_from(args).unwrap();
+        let mut argv = vec!["egwctl", "--config", "/dev/null"];
+        argv.extend_from_slice(&args[1..]);
+        let cli = egwctl::Cli::try_parse_from(argv).unwrap();
         egwctl::run(cli, &mut Vec::new())
             .await
             .unwrap_err()

@@ -162,6 +162,8 @@ impl TlsFixture {
         let server = format!("https://{}", self.addr);
         let mut argv: Vec<&str> = vec![
             "egwctl",
+            "--config",
+            "/dev/null",
             "--server",
             &server,
             "--ca",
