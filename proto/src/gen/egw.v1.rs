@@ -13,7 +13,8 @@ pub struct RouteTable {
     /// Named ordered rule lists; sources refer to them by name.
     #[prost(message, repeated, tag = "3")]
     pub policies: ::prost::alloc::vec::Vec<Policy>,
-    /// Maps pod addresses to policies. When CIDRs overlap the longest prefix wins.
+    /// Maps pod addresses to policies. When CIDRs overlap the longest prefix
+    /// wins; no two sources may have the same CIDR.
     #[prost(message, repeated, tag = "4")]
     pub sources: ::prost::alloc::vec::Vec<Source>,
     /// What happens to traffic from a source matched by no entry of `sources`.
@@ -53,8 +54,8 @@ pub struct Policy {
     /// Unique policy name, referenced by Source.policy.
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
-    /// Rules matched by longest destination prefix; on equal prefixes the
-    /// first rule wins.
+    /// Rules, matched by longest destination prefix; no two rules of a policy
+    /// may have the same destination.
     #[prost(message, repeated, tag = "2")]
     pub rules: ::prost::alloc::vec::Vec<Rule>,
 }

@@ -20,7 +20,7 @@ pub struct ControlServerConfig {
     pub unix_socket: Option<UnixSocketConfig>,
     /// The TCP listener, always with mutual TLS.
     pub tcp: Option<TcpListenerConfig>,
-    /// Requests larger than this are refused with `RESOURCE_EXHAUSTED`.
+    /// Requests larger than this are refused with `OUT_OF_RANGE` before decoding.
     pub max_message_bytes: usize,
 }
 
@@ -37,7 +37,9 @@ impl Default for ControlServerConfig {
 /// A Unix socket listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnixSocketConfig {
-    /// Socket path. Missing parent directories are created; a stale socket
+    /// Socket path. Missing parent directories are created with mode 0750
+    /// (existing ones are left alone: keep them closed to other users, since
+    /// the socket's mode is applied just after it is bound); a stale socket
     /// left by a previous process is replaced, a live one is an error.
     pub path: PathBuf,
     /// Permission bits applied to the socket after binding.

@@ -19,11 +19,31 @@
 //! - Readers may call `GetStatus`, `GetRouteTable`, `ListFlows`, `WatchStats`,
 //!   health and reflection. Admins may also call `ApplyRouteTable` and `Drain`.
 //!
+//! # Wiring
+//!
+//! ```text
+//! let backend = Arc::new(Dataplane::new(...));          // implements ControlBackend
+//! let config = ControlServerConfig {
+//!     unix_socket: Some(UnixSocketConfig::default()),    // /run/egw/egw.sock, 0660
+//!     tcp: Some(TcpListenerConfig {
+//!         addr: "0.0.0.0:7443".parse()?,
+//!         tls: MtlsConfig::from_files(cert, key, client_ca, admins, readers)?,
+//!     }),
+//!     max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+//! };
+//! control::serve(config, backend, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! ```
+//!
+//! Use [`BoundControlServer::bind`] then [`BoundControlServer::serve`] to
+//! learn the bound port first, or to fail startup before spawning.
+//!
 //! # Route table generations
 //!
 //! The server, not the backend, owns generation semantics (see
 //! [`ControlBackend::apply_route_table`]): the backend only sees tables that
 //! are newer than the one it serves.
+
+#![forbid(unsafe_code)]
 
 mod auth;
 mod config;

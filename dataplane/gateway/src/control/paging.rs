@@ -1,8 +1,9 @@
 //! ListFlows request validation and page tokens.
 //!
 //! A page token is 40 hex digits: the backend's [`FlowCursor`] (shard, position)
-//! and a fingerprint of the filters it was issued for, so a token cannot be
-//! replayed with different filters and silently skip flows.
+//! and a fingerprint of the filters and gateway epoch it was issued for, so a
+//! token cannot be replayed with different filters, or against a restarted
+//! gateway, and silently skip flows.
 
 use std::net::Ipv4Addr;
 
@@ -19,8 +20,12 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 
 const TOKEN_LEN: usize = 8 + 16 + 16;
 
-/// Validates a ListFlows request into a backend query.
-pub(crate) fn query_from_request(request: &v1::ListFlowsRequest) -> Result<FlowQuery, Status> {
+/// Validates a ListFlows request into a backend query; `epoch` is the
+/// gateway's (see [`crate::control::ControlBackend::epoch`]).
+pub(crate) fn query_from_request(
+    request: &v1::ListFlowsRequest,
+    epoch: u64,
+) -> Result<FlowQuery, Status> {
     let ip = |field: &str, value: &Option<String>| -> Result<Option<Ipv4Addr>, Status> {
         value
             .as_deref()
@@ -90,19 +95,19 @@ pub(crate) fn query_from_request(request: &v1::ListFlowsRequest) -> Result<FlowQ
     if !request.page_token.is_empty() {
         query.start = Some(decode_token(
             &request.page_token,
-            filter_fingerprint(&query),
+            filter_fingerprint(&query, epoch),
         )?);
     }
     Ok(query)
 }
 
 /// The page token resuming `query` at `cursor`.
-pub(crate) fn encode_token(query: &FlowQuery, cursor: FlowCursor) -> String {
+pub(crate) fn encode_token(query: &FlowQuery, cursor: FlowCursor, epoch: u64) -> String {
     format!(
         "{:08x}{:016x}{:016x}",
         cursor.shard,
         cursor.position,
-        filter_fingerprint(query)
+        filter_fingerprint(query, epoch)
     )
 }
 
@@ -120,7 +125,8 @@ fn decode_token(token: &str, expected_fingerprint: u64) -> Result<FlowCursor, St
     let fingerprint = u64::from_str_radix(&token[24..], 16).map_err(|_| malformed())?;
     if fingerprint != expected_fingerprint {
         return Err(Status::invalid_argument(
-            "page_token: issued for different filters; repeat the filters of the first request",
+            "page_token: issued for different filters or by an earlier gateway process; \
+             repeat the filters of the first request, or start again without a token",
         ));
     }
     Ok(FlowCursor { shard, position })
@@ -128,9 +134,9 @@ fn decode_token(token: &str, expected_fingerprint: u64) -> Result<FlowCursor, St
 
 /// FNV-1a over a canonical rendering of the filters (not the page size: a
 /// client may change it between pages).
-fn filter_fingerprint(query: &FlowQuery) -> u64 {
+fn filter_fingerprint(query: &FlowQuery, epoch: u64) -> u64 {
     let canonical = format!(
-        "pod={:?};ext={:?};port={:?};dst={:?};proto={:?};state={:?}",
+        "epoch={epoch};pod={:?};ext={:?};port={:?};dst={:?};proto={:?};state={:?}",
         query.pod_ip,
         query.external_ip,
         query.external_port,
@@ -149,17 +155,22 @@ fn filter_fingerprint(query: &FlowQuery) -> u64 {
 mod tests {
     use super::*;
 
+    const EPOCH: u64 = 0xe90c;
+
     #[test]
     fn page_size_defaults_and_caps() {
         let mut request = v1::ListFlowsRequest::default();
         assert_eq!(
-            query_from_request(&request).unwrap().limit,
+            query_from_request(&request, EPOCH).unwrap().limit,
             DEFAULT_PAGE_SIZE
         );
         request.page_size = 5000;
-        assert_eq!(query_from_request(&request).unwrap().limit, MAX_PAGE_SIZE);
+        assert_eq!(
+            query_from_request(&request, EPOCH).unwrap().limit,
+            MAX_PAGE_SIZE
+        );
         request.page_size = 7;
-        assert_eq!(query_from_request(&request).unwrap().limit, 7);
+        assert_eq!(query_from_request(&request, EPOCH).unwrap().limit, 7);
     }
 
     #[test]
@@ -168,16 +179,19 @@ mod tests {
             pod_ip: Some("10.0.0.1".into()),
             ..Default::default()
         };
-        let query = query_from_request(&request).unwrap();
+        let query = query_from_request(&request, EPOCH).unwrap();
         let cursor = FlowCursor {
             shard: 3,
             position: u64::MAX - 1,
         };
-        let token = encode_token(&query, cursor);
-        let resumed = query_from_request(&v1::ListFlowsRequest {
-            page_token: token.clone(),
-            ..request.clone()
-        })
+        let token = encode_token(&query, cursor, EPOCH);
+        let resumed = query_from_request(
+            &v1::ListFlowsRequest {
+                page_token: token.clone(),
+                ..request.clone()
+            },
+            EPOCH,
+        )
         .unwrap();
         assert_eq!(resumed.start, Some(cursor));
 
@@ -186,8 +200,15 @@ mod tests {
             page_token: token,
             ..Default::default()
         };
-        let error = query_from_request(&other_filters).unwrap_err();
+        let error = query_from_request(&other_filters, EPOCH).unwrap_err();
         assert!(error.message().contains("different filters"));
+
+        let after_restart = v1::ListFlowsRequest {
+            page_token: encode_token(&query, cursor, EPOCH),
+            ..request
+        };
+        let error = query_from_request(&after_restart, EPOCH + 1).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
     }
 
     #[test]
@@ -222,7 +243,7 @@ mod tests {
                 ..Default::default()
             },
         ] {
-            let status = query_from_request(&request).unwrap_err();
+            let status = query_from_request(&request, EPOCH).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{request:?}");
         }
     }

@@ -21,6 +21,8 @@ use super::{ControlBackend, ControlServerConfig, MtlsConfig, UnixSocketConfig};
 /// The most concurrent requests per connection; bounds what one client can
 /// make the gateway do at once.
 const CONCURRENCY_PER_CONNECTION: usize = 32;
+/// Mode of socket parent directories the server creates: owner and group only.
+const PARENT_DIR_MODE: u32 = 0o750;
 /// The most concurrent HTTP/2 streams per connection (WatchStats streams included).
 const MAX_CONCURRENT_STREAMS: u32 = 64;
 
@@ -90,7 +92,8 @@ pub enum ControlError {
 struct BoundTcp {
     incoming: TcpIncoming,
     addr: SocketAddr,
-    tls: ServerTlsConfig,
+    /// Already holds the TLS acceptor, so bad certificates fail `bind`.
+    server: Server,
     rules: Arc<IdentityRules>,
 }
 
@@ -98,6 +101,7 @@ struct BoundTcp {
 /// Binding first lets a caller learn the actual TCP port when it asked for port 0.
 pub struct BoundControlServer<B> {
     service: GatewayService<B>,
+    stop_sender: watch::Sender<bool>,
     unix: Option<(UnixListener, PathBuf)>,
     tcp: Option<BoundTcp>,
     max_message_bytes: usize,
@@ -151,8 +155,10 @@ impl<B: ControlBackend> BoundControlServer<B> {
             .unix_socket
             .map(|unix| bind_unix(&unix))
             .transpose()?;
+        let (stop_sender, stop_receiver) = watch::channel(false);
         Ok(BoundControlServer {
-            service: GatewayService::new(backend),
+            service: GatewayService::new(backend, stop_receiver),
+            stop_sender,
             unix,
             tcp,
             max_message_bytes: config.max_message_bytes,
@@ -164,7 +170,8 @@ impl<B: ControlBackend> BoundControlServer<B> {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ControlError> {
-        let (stop_sender, stop_receiver) = watch::channel(false);
+        let stop_sender = self.stop_sender;
+        let stop_receiver = stop_sender.subscribe();
         let stop_signal = |mut receiver: watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
             let _ = receiver.wait_for(|stop| *stop).await;
@@ -181,22 +188,25 @@ impl<B: ControlBackend> BoundControlServer<B> {
             let Some((listener, path)) = self.unix else {
                 return Ok(());
             };
-            let result = router(
-                Server::builder(),
-                &service,
-                &health_service,
-                Authenticator::Unix,
-                max_message_bytes,
-            )?
-            .serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
-                stop_signal(stop_receiver.clone()),
-            )
-            .await
-            .map_err(|source| ControlError::Serve {
-                listener: path.display().to_string(),
-                source,
-            });
+            let result = async {
+                router(
+                    Server::builder(),
+                    &service,
+                    &health_service,
+                    Authenticator::Unix,
+                    max_message_bytes,
+                )?
+                .serve_with_incoming_shutdown(
+                    UnixListenerStream::new(listener),
+                    stop_signal(stop_receiver.clone()),
+                )
+                .await
+                .map_err(|source| ControlError::Serve {
+                    listener: path.display().to_string(),
+                    source,
+                })
+            }
+            .await;
             // Whatever ended this server ends the other one too.
             let _ = stop_sender.send(true);
             result
@@ -205,26 +215,22 @@ impl<B: ControlBackend> BoundControlServer<B> {
             let Some(tcp) = self.tcp else {
                 return Ok(());
             };
-            let builder =
-                Server::builder()
-                    .tls_config(tcp.tls)
-                    .map_err(|source| ControlError::Tls {
-                        addr: tcp.addr,
-                        source,
-                    })?;
-            let result = router(
-                builder,
-                &service,
-                &health_service,
-                Authenticator::Mtls(tcp.rules),
-                max_message_bytes,
-            )?
-            .serve_with_incoming_shutdown(tcp.incoming, stop_signal(stop_receiver.clone()))
-            .await
-            .map_err(|source| ControlError::Serve {
-                listener: tcp.addr.to_string(),
-                source,
-            });
+            let result = async {
+                router(
+                    tcp.server,
+                    &service,
+                    &health_service,
+                    Authenticator::Mtls(tcp.rules),
+                    max_message_bytes,
+                )?
+                .serve_with_incoming_shutdown(tcp.incoming, stop_signal(stop_receiver.clone()))
+                .await
+                .map_err(|source| ControlError::Serve {
+                    listener: tcp.addr.to_string(),
+                    source,
+                })
+            }
+            .await;
             let _ = stop_sender.send(true);
             result
         };
@@ -290,11 +296,6 @@ fn bind_tcp(addr: SocketAddr, tls: MtlsConfig) -> Result<BoundTcp, ControlError>
     if tls.admin_identities.is_empty() && tls.reader_identities.is_empty() {
         return Err(ControlError::NoIdentities { addr });
     }
-    let incoming =
-        TcpIncoming::bind(addr).map_err(|source| ControlError::TcpBind { addr, source })?;
-    let bound_addr = incoming
-        .local_addr()
-        .map_err(|source| ControlError::TcpBind { addr, source })?;
     let server_tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             &tls.server_cert_pem,
@@ -302,10 +303,18 @@ fn bind_tcp(addr: SocketAddr, tls: MtlsConfig) -> Result<BoundTcp, ControlError>
         ))
         .client_ca_root(Certificate::from_pem(&tls.client_ca_pem))
         .client_auth_optional(false);
+    let server = Server::builder()
+        .tls_config(server_tls)
+        .map_err(|source| ControlError::Tls { addr, source })?;
+    let incoming =
+        TcpIncoming::bind(addr).map_err(|source| ControlError::TcpBind { addr, source })?;
+    let bound_addr = incoming
+        .local_addr()
+        .map_err(|source| ControlError::TcpBind { addr, source })?;
     Ok(BoundTcp {
         incoming,
         addr: bound_addr,
-        tls: server_tls,
+        server,
         rules: Arc::new(IdentityRules {
             admins: tls.admin_identities,
             readers: tls.reader_identities,
@@ -314,7 +323,7 @@ fn bind_tcp(addr: SocketAddr, tls: MtlsConfig) -> Result<BoundTcp, ControlError>
 }
 
 fn bind_unix(config: &UnixSocketConfig) -> Result<(UnixListener, PathBuf), ControlError> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     let path = config.path.clone();
     let io_error = |source| ControlError::UnixSocket {
         path: path.clone(),
@@ -324,7 +333,13 @@ fn bind_unix(config: &UnixSocketConfig) -> Result<(UnixListener, PathBuf), Contr
         .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
     {
-        std::fs::create_dir_all(parent).map_err(io_error)?;
+        // The socket is briefly accessible under the umask between bind and
+        // chmod; a directory closed to others removes that window.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PARENT_DIR_MODE)
+            .create(parent)
+            .map_err(io_error)?;
     }
     match std::fs::symlink_metadata(&path) {
         Ok(metadata) if metadata.file_type().is_socket() => {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use egw_proto::v1;
 use egw_proto::v1::gateway_server::Gateway;
+use tokio::sync::watch;
+use tokio_stream::wrappers::{IntervalStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -21,19 +23,29 @@ const DEFAULT_WATCH_INTERVAL_MS: u64 = 1_000;
 /// The route table being served, owned by the server so generation rules do
 /// not depend on each backend getting them right.
 #[derive(Debug, Default)]
-struct TableState {
-    current: Option<v1::RouteTable>,
+struct Tables {
+    /// The served table; locked only briefly, so readers never wait for an apply.
+    current: Mutex<Option<Arc<v1::RouteTable>>>,
+    /// Held across a whole apply (check, backend call, swap) to serialise them.
+    apply_serial: Mutex<()>,
 }
 
-impl TableState {
+impl Tables {
+    fn current(&self) -> Option<Arc<v1::RouteTable>> {
+        lock(&self.current).clone()
+    }
+
     fn generation(&self) -> u64 {
-        self.current.as_ref().map_or(0, |table| table.generation)
+        self.current().map_or(0, |table| table.generation)
     }
 }
 
 pub(crate) struct GatewayService<B> {
     backend: Arc<B>,
-    tables: Arc<Mutex<TableState>>,
+    tables: Arc<Tables>,
+    /// Becomes true when the server shuts down; ends WatchStats streams, which
+    /// would otherwise hold graceful shutdown open forever.
+    stopping: watch::Receiver<bool>,
 }
 
 impl<B> Clone for GatewayService<B> {
@@ -41,14 +53,15 @@ impl<B> Clone for GatewayService<B> {
         GatewayService {
             backend: Arc::clone(&self.backend),
             tables: Arc::clone(&self.tables),
+            stopping: self.stopping.clone(),
         }
     }
 }
 
 /// A poisoned lock only means a backend call panicked while holding it; the
-/// state itself is replaced atomically, so it is still consistent.
-fn lock(tables: &Mutex<TableState>) -> MutexGuard<'_, TableState> {
-    tables
+/// guarded values are replaced whole, so they are still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -68,24 +81,26 @@ fn join_error(error: tokio::task::JoinError) -> Status {
 }
 
 impl<B: ControlBackend> GatewayService<B> {
-    pub(crate) fn new(backend: Arc<B>) -> Self {
-        let current = backend.initial_route_table();
+    pub(crate) fn new(backend: Arc<B>, stopping: watch::Receiver<bool>) -> Self {
+        let tables = Tables {
+            current: Mutex::new(backend.initial_route_table().map(Arc::new)),
+            apply_serial: Mutex::new(()),
+        };
         GatewayService {
             backend,
-            tables: Arc::new(Mutex::new(TableState { current })),
+            tables: Arc::new(tables),
+            stopping,
         }
     }
 
     fn apply(
         backend: &B,
-        tables: &Mutex<TableState>,
+        tables: &Tables,
         table: v1::RouteTable,
     ) -> Result<v1::ApplyRouteTableResponse, Status> {
-        // Held across the backend call: applies are serialised, and a reader
-        // of the table never sees one the backend refused.
-        let mut state = lock(tables);
-        let current_generation = state.generation();
-        if let Some(current) = &state.current {
+        let _serial = lock(&tables.apply_serial);
+        if let Some(current) = tables.current() {
+            let current_generation = current.generation;
             if table.generation < current_generation {
                 return Err(Status::failed_precondition(format!(
                     "generation {} is older than the current generation {current_generation}",
@@ -106,16 +121,22 @@ impl<B: ControlBackend> GatewayService<B> {
                 };
             }
         }
+        let table = Arc::new(table);
         backend
-            .apply_route_table(table.clone())
+            .apply_route_table(v1::RouteTable::clone(&table))
             .map_err(backend_status)?;
         let generation = table.generation;
-        state.current = Some(table);
+        *lock(&tables.current) = Some(table);
         Ok(v1::ApplyRouteTableResponse {
             generation,
             unchanged: false,
         })
     }
+}
+
+enum WatchEvent {
+    Tick,
+    Stop,
 }
 
 type StatsStream = Pin<Box<dyn Stream<Item = Result<v1::StatsSnapshot, Status>> + Send>>;
@@ -146,10 +167,10 @@ impl<B: ControlBackend> Gateway for GatewayService<B> {
         request: Request<v1::GetRouteTableRequest>,
     ) -> Result<Response<v1::GetRouteTableResponse>, Status> {
         require(&request, Role::Reader)?;
-        let state = lock(&self.tables);
+        let current = self.tables.current();
         Ok(Response::new(v1::GetRouteTableResponse {
-            table: state.current.clone(),
-            generation: state.generation(),
+            generation: current.as_ref().map_or(0, |table| table.generation),
+            table: current.map(|table| v1::RouteTable::clone(&table)),
             epoch: self.backend.epoch(),
         }))
     }
@@ -161,7 +182,7 @@ impl<B: ControlBackend> Gateway for GatewayService<B> {
         require(&request, Role::Reader)?;
         let mut status = self.backend.status();
         status.epoch = self.backend.epoch();
-        status.generation = lock(&self.tables).generation();
+        status.generation = self.tables.generation();
         Ok(Response::new(status))
     }
 
@@ -170,7 +191,8 @@ impl<B: ControlBackend> Gateway for GatewayService<B> {
         request: Request<v1::ListFlowsRequest>,
     ) -> Result<Response<v1::ListFlowsResponse>, Status> {
         require(&request, Role::Reader)?;
-        let query = query_from_request(request.get_ref())?;
+        let epoch = self.backend.epoch();
+        let query = query_from_request(request.get_ref(), epoch)?;
         let backend = Arc::clone(&self.backend);
         let (query, page) = tokio::task::spawn_blocking(move || {
             let page = backend.list_flows(&query);
@@ -187,7 +209,7 @@ impl<B: ControlBackend> Gateway for GatewayService<B> {
         }
         let next_page_token = page
             .next
-            .map(|cursor| encode_token(&query, cursor))
+            .map(|cursor| encode_token(&query, cursor, epoch))
             .unwrap_or_default();
         Ok(Response::new(v1::ListFlowsResponse {
             flows: page.flows,
@@ -212,8 +234,14 @@ impl<B: ControlBackend> Gateway for GatewayService<B> {
         let backend = Arc::clone(&self.backend);
         // No spawned task: the stream lives in the response body and is
         // dropped (with its backend reference) as soon as the client goes away.
-        let snapshots = tokio_stream::wrappers::IntervalStream::new(ticks)
-            .map(move |_| Ok(backend.stats_snapshot()));
+        let ticks = IntervalStream::new(ticks).map(|_| WatchEvent::Tick);
+        let stop = WatchStream::new(self.stopping.clone())
+            .filter(|stopping| *stopping)
+            .map(|_| WatchEvent::Stop);
+        let snapshots = ticks.merge(stop).map_while(move |event| match event {
+            WatchEvent::Tick => Some(Ok(backend.stats_snapshot())),
+            WatchEvent::Stop => None,
+        });
         Ok(Response::new(Box::pin(snapshots)))
     }
 
