@@ -988,22 +988,35 @@ fn fragments_follow_their_first_fragment_to_the_owning_core() {
         .find(|&p| gw.engines[0].outbound_owner(Protocol::Udp, POD_A, p) != 0)
         .expect("some endpoint is owned by another core");
     let owner = gw.engines[0].outbound_owner(Protocol::Udp, POD_A, port);
-    let datagram = from_pod(POD_A).dont_fragment(false).id(0x3131).udp(port, 8081).payload(&[3; 2500]).build();
+    let datagram = from_pod(POD_A)
+        .dont_fragment(false)
+        .id(0x3131)
+        .udp(port, 8081)
+        .payload(&[3; 2500])
+        .build();
     let fragments = fragment_packet(&datagram, 1000).expect("fragments");
 
     // A later fragment before the first: stashed on the receiving core.
-    assert_eq!(gw.send_on(0, Ingress::Inside, &fragments[2]), harness::Outcome::Stashed);
+    assert_eq!(
+        gw.send_on(0, Ingress::Inside, &fragments[2]),
+        harness::Outcome::Stashed
+    );
     let mut out = vec![];
     match gw.send_on(0, Ingress::Inside, &fragments[0]) {
         harness::Outcome::Forwarded { core, frame, .. } => {
-            assert_eq!(core, owner, "the first fragment is translated by the owning core");
+            assert_eq!(
+                core, owner,
+                "the first fragment is translated by the owning core"
+            );
             out.push(frame);
         }
         other => panic!("{other:?}\n{}", gw.dump()),
     }
     // The stashed fragment and the in-order middle one go to the owner too.
     for released in gw.released() {
-        let harness::Outcome::Forwarded { core, frame, .. } = released else { panic!("{released:?}") };
+        let harness::Outcome::Forwarded { core, frame, .. } = released else {
+            panic!("{released:?}")
+        };
         assert_eq!(core, owner);
         out.push(frame);
     }

@@ -216,6 +216,29 @@ pub fn write_egw_files(config: &LabConfig, dir: &Path) -> Result<PathBuf> {
 /// Locates egw-gateway: explicit path, then `$EGW_GATEWAY_BIN`, then next to the current
 /// executable (cargo puts all workspace binaries in one target dir; test binaries live one
 /// level deeper in `deps/`).
+/// Environment variable naming the egwctl binary the lab drives the gateway with.
+pub const EGWCTL_BIN_ENV: &str = "EGWCTL_BIN";
+
+/// egwctl: `EGWCTL_BIN`, else next to the gateway binary (both come from one cargo build).
+pub fn find_egwctl_binary(gateway_binary: &Path) -> Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(path) = std::env::var_os(EGWCTL_BIN_ENV).filter(|value| !value.is_empty()) {
+        candidates.push(PathBuf::from(path));
+    }
+    if let Some(dir) = gateway_binary.parent() {
+        candidates.push(dir.join("egwctl"));
+    }
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            LabError::Config(format!(
+                "egwctl not found (looked at {candidates:?}); build it (cargo build -p egwctl) or set {EGWCTL_BIN_ENV}"
+            ))
+        })
+}
+
 pub fn find_gateway_binary(explicit: Option<&Path>) -> Result<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(path) = explicit {

@@ -295,9 +295,11 @@ fn run_probe(command: ProbeCommand) -> Result<ExitCode> {
     match command {
         ProbeCommand::Tcp { mirror } => print_line(probe::tcp_source_seen(mirror)?)?,
         ProbeCommand::Udp { mirror } => print_line(probe::udp_source_seen(mirror)?)?,
-        ProbeCommand::UdpRefused { target } => {
-            print_line(if probe::udp_refused(target)? { "refused" } else { "no-answer" })?
-        }
+        ProbeCommand::UdpRefused { target } => print_line(if probe::udp_refused(target)? {
+            "refused"
+        } else {
+            "no-answer"
+        })?,
         ProbeCommand::Icmp { target } => {
             let echo = probe::icmp_echo(target)?;
             print_line(format!(

@@ -521,6 +521,8 @@ enum ActiveGateway {
     Kernel,
     Egw {
         process: ScopedChild,
+        binary: PathBuf,
+        control_socket: PathBuf,
         route_table_file: PathBuf,
         generation: u64,
     },
@@ -874,20 +876,21 @@ impl Lab {
                 self.gateway = Some(ActiveGateway::Kernel);
             }
             Gateway::Egw { binary } => {
+                // Forwarding stays on: traffic a `Bypass` rule sends out unchanged comes back
+                // addressed to the pod, which the XDP program leaves to the kernel to route.
                 Self::sysctl(
                     &self.gateway_namespace(),
-                    &["net.ipv4.ip_forward=0".to_owned()],
+                    &["net.ipv4.ip_forward=1".to_owned()],
                 )?;
                 let config_path = gateway::write_egw_files(&self.config, self.workdir.path())?;
                 let gateway_config =
                     gateway::EgwGatewayConfig::for_lab(&self.config, self.workdir.path());
-                let args = vec!["--config".to_owned(), config_path.display().to_string()];
-                let mut process =
-                    self.spawn_in(&self.gateway_namespace(), "egw-gateway", &binary, &args)?;
-                let socket = gateway_config.control.unix_socket.clone();
-                Self::wait_ready(&mut process, GATEWAY_READY_TIMEOUT, || socket.exists())?;
+                let control_socket = gateway_config.control.unix_socket.clone();
+                let process = self.spawn_egw(&binary, &config_path, &control_socket)?;
                 self.gateway = Some(ActiveGateway::Egw {
                     process,
+                    binary,
+                    control_socket,
                     route_table_file: gateway_config.route_table_file,
                     generation: 1,
                 });
@@ -942,16 +945,15 @@ impl Lab {
             None => Ok(()),
             Some(ActiveGateway::Kernel) => self.apply_kernel_ruleset(),
             Some(ActiveGateway::Egw {
-                process,
                 route_table_file,
                 generation,
+                ..
             }) => {
+                // Over gRPC, as an operator or the controller would.
                 *generation += 1;
-                gateway::write_atomically(
-                    route_table_file,
-                    &RouteTable::for_lab(&config, *generation).to_yaml()?,
-                )?;
-                cmd::run_args("kill", ["-HUP", &process.id().to_string()])?;
+                let yaml = RouteTable::for_lab(&config, *generation).to_yaml()?;
+                gateway::write_atomically(route_table_file, &yaml)?;
+                self.apply_route_table_yaml(&yaml)?;
                 Ok(())
             }
         }
@@ -974,6 +976,71 @@ impl Lab {
             command: what.to_owned(),
             output: text.to_owned(),
         })
+    }
+
+    fn spawn_egw(&self, binary: &Path, config_path: &Path, socket: &Path) -> Result<ScopedChild> {
+        // A socket left by a killed gateway must not pass for readiness.
+        let _ = std::fs::remove_file(socket);
+        let args = vec!["--config".to_owned(), config_path.display().to_string()];
+        let mut process = self.spawn_in(&self.gateway_namespace(), "egw-gateway", binary, &args)?;
+        Self::wait_ready(&mut process, GATEWAY_READY_TIMEOUT, || socket.exists())?;
+        Ok(process)
+    }
+
+    /// Runs `egwctl` against this lab's egw-gateway; returns its standard output.
+    pub fn egwctl(&self, args: &[&str]) -> Result<String> {
+        let Some(ActiveGateway::Egw {
+            binary,
+            control_socket,
+            ..
+        }) = &self.gateway
+        else {
+            return Err(LabError::Config("egwctl needs the egw gateway".to_owned()));
+        };
+        let egwctl = gateway::find_egwctl_binary(binary)?;
+        let server = format!("unix://{}", control_socket.display());
+        let mut full = vec!["--server", server.as_str()];
+        full.extend_from_slice(args);
+        Ok(cmd::run_args(&egwctl.display().to_string(), full)?.stdout)
+    }
+
+    /// Applies a route table (egw YAML form) over gRPC with `egwctl routes apply`.
+    pub fn apply_route_table_yaml(&self, yaml: &str) -> Result<String> {
+        let path = self.workdir.path().join("applied-table.yaml");
+        gateway::write_atomically(&path, yaml)?;
+        self.egwctl(&["routes", "apply", "-f", &path.display().to_string()])
+    }
+
+    /// Kills egw-gateway with SIGKILL (no chance to clean up), then starts it again with the same
+    /// configuration and waits until its control socket is back.
+    pub fn restart_gateway_after_kill(&mut self) -> Result<()> {
+        let Some(ActiveGateway::Egw {
+            process,
+            binary,
+            control_socket,
+            ..
+        }) = &mut self.gateway
+        else {
+            return Err(LabError::Config("restart needs the egw gateway".to_owned()));
+        };
+        cmd::run_args("kill", ["-KILL", &process.id().to_string()])?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while process.exited().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (binary, socket) = (binary.clone(), control_socket.clone());
+        let config_path = self.workdir.path().join(gateway::EGW_CONFIG_FILE);
+        let fresh = self.spawn_egw(&binary, &config_path, &socket)?;
+        if let Some(ActiveGateway::Egw {
+            process,
+            generation,
+            ..
+        }) = &mut self.gateway
+        {
+            *process = fresh;
+            *generation = 1;
+        }
+        Ok(())
     }
 
     /// What the mirror saw for one TCP connection from `pod`.

@@ -26,7 +26,7 @@ fn write_script(dir: &Path, body: &str) -> PathBuf {
 }
 
 /// Records its pid, the config it was given and the links of its namespace; creates the control
-/// socket path; on SIGHUP copies the route table; lives at most 60 s.
+/// socket path; lives at most 60 s.
 const RECORDING_GATEWAY: &str = r#"
 [ "$1" = "--config" ] || { echo "expected --config, got $*" >&2; exit 2; }
 dir=$(dirname "$2")
@@ -34,12 +34,22 @@ echo $$ > "$dir/fake.pid"
 cp "$2" "$dir/seen-config.yaml"
 ip -o link show > "$dir/seen-links"
 table=$(sed -n 's/^route_table_file: //p' "$2")
-reloads=0
-trap 'reloads=$((reloads+1)); cp "$table" "$dir/seen-table-$reloads.yaml"' HUP
 touch "$(sed -n 's/^  unix_socket: //p' "$2")"
 i=0
 while [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
 "#;
+
+/// A stand-in egwctl next to the stand-in gateway: records its arguments and the table it was
+/// asked to apply.
+fn write_fake_egwctl(dir: &Path, record_dir: &Path) {
+    let path = dir.join("egwctl");
+    let body = format!(
+        "#!/bin/sh\necho \"$@\" > {rec}/egwctl-args\nwhile [ $# -gt 0 ]; do [ \"$1\" = -f ] && cp \"$2\" {rec}/applied-table.yaml; shift; done\n",
+        rec = record_dir.display()
+    );
+    std::fs::write(&path, body).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
 
 fn wait_for_file(path: &Path) -> String {
     for _ in 0..200 {
@@ -58,6 +68,7 @@ fn egw_adapter_runs_the_binary_in_the_gateway_namespace_with_the_lab_config() {
     must_be_root();
     let scripts = tempfile::tempdir().unwrap();
     let binary = write_script(scripts.path(), RECORDING_GATEWAY);
+    write_fake_egwctl(scripts.path(), scripts.path());
     let mut lab = Lab::up(config(), Gateway::Egw { binary }).unwrap();
     let workdir = lab.workdir().to_owned();
 
@@ -80,8 +91,18 @@ fn egw_adapter_runs_the_binary_in_the_gateway_namespace_with_the_lab_config() {
         "not run in the gateway namespace: {links}"
     );
 
+    // A pool change goes over gRPC: egwctl routes apply against the lab's control socket.
     lab.set_pod_pool("pod-a", "pool-b").unwrap();
-    let reloaded = wait_for_file(&workdir.join("seen-table-1.yaml"));
+    let args = wait_for_file(&scripts.path().join("egwctl-args"));
+    let socket = workdir.join("egw.sock");
+    assert!(
+        args.starts_with(&format!(
+            "--server unix://{} routes apply -f ",
+            socket.display()
+        )),
+        "{args}"
+    );
+    let reloaded = wait_for_file(&scripts.path().join("applied-table.yaml"));
     assert!(reloaded.starts_with("generation: 2\n"), "{reloaded}");
     assert!(
         reloaded.contains("- cidr: 10.244.1.10/32\n  policy: via-b\n"),
