@@ -117,6 +117,12 @@ enum ProbeCommand {
         #[arg(default_value_t = topology::mirror_udp())]
         mirror: SocketAddr,
     },
+    /// One UDP datagram from `--bind ADDR:PORT` to TARGET; expects no answer.
+    UdpSend {
+        target: SocketAddr,
+        #[arg(long)]
+        bind: SocketAddr,
+    },
     /// UDP to a closed port; prints `refused` if the ICMP port-unreachable came back (translated),
     /// `no-answer` otherwise.
     UdpRefused { target: SocketAddr },
@@ -295,6 +301,10 @@ fn run_probe(command: ProbeCommand) -> Result<ExitCode> {
     match command {
         ProbeCommand::Tcp { mirror } => print_line(probe::tcp_source_seen(mirror)?)?,
         ProbeCommand::Udp { mirror } => print_line(probe::udp_source_seen(mirror)?)?,
+        ProbeCommand::UdpSend { target, bind } => {
+            probe::udp_send(bind, target)?;
+            print_line("sent")?
+        }
         ProbeCommand::UdpRefused { target } => print_line(if probe::udp_refused(target)? {
             "refused"
         } else {

@@ -90,6 +90,17 @@ pub fn udp_refused(target: SocketAddr) -> Result<bool> {
     Ok(false)
 }
 
+/// Sends one UDP datagram from `bind` (address and port chosen by the caller, e.g. to pose as a
+/// known remote endpoint) to `target`, expecting nothing back.
+pub fn udp_send(bind: SocketAddr, target: SocketAddr) -> Result<()> {
+    let socket =
+        UdpSocket::bind(bind).map_err(|source| LabError::io(format!("binding {bind}"), source))?;
+    socket
+        .send_to(b"egw-lab unsolicited", target)
+        .map_err(|source| LabError::io(format!("sending to {target}"), source))?;
+    Ok(())
+}
+
 /// Result of an ICMP echo probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IcmpEcho {

@@ -1011,23 +1011,34 @@ impl Lab {
         self.egwctl(&["routes", "apply", "-f", &path.display().to_string()])
     }
 
-    /// Kills egw-gateway with SIGKILL (no chance to clean up), then starts it again with the same
-    /// configuration and waits until its control socket is back.
-    pub fn restart_gateway_after_kill(&mut self) -> Result<()> {
-        let Some(ActiveGateway::Egw {
-            process,
-            binary,
-            control_socket,
-            ..
-        }) = &mut self.gateway
-        else {
-            return Err(LabError::Config("restart needs the egw gateway".to_owned()));
+    /// Kills egw-gateway with SIGKILL (no chance to clean up) and waits until it is gone.
+    pub fn kill_gateway(&mut self) -> Result<()> {
+        let Some(ActiveGateway::Egw { process, .. }) = &mut self.gateway else {
+            return Err(LabError::Config("kill needs the egw gateway".to_owned()));
         };
         cmd::run_args("kill", ["-KILL", &process.id().to_string()])?;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while process.exited().is_none() && std::time::Instant::now() < deadline {
+        while process.exited().is_none() {
+            if std::time::Instant::now() > deadline {
+                return Err(LabError::Config(
+                    "egw-gateway survived SIGKILL for 10 s".to_owned(),
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
+    }
+
+    /// Starts egw-gateway again with the lab's configuration (after [`kill_gateway`](Self::kill_gateway)).
+    pub fn restart_gateway(&mut self) -> Result<()> {
+        let Some(ActiveGateway::Egw {
+            binary,
+            control_socket,
+            ..
+        }) = &self.gateway
+        else {
+            return Err(LabError::Config("restart needs the egw gateway".to_owned()));
+        };
         let (binary, socket) = (binary.clone(), control_socket.clone());
         let config_path = self.workdir.path().join(gateway::EGW_CONFIG_FILE);
         let fresh = self.spawn_egw(&binary, &config_path, &socket)?;
