@@ -226,7 +226,10 @@ impl ControlBackend for GatewayBackend {
             epoch: self.epoch,
             generation: table.generation(),
             interfaces,
-            cores: snapshots.iter().map(|snapshot| snapshot.to_wire()).collect(),
+            cores: snapshots
+                .iter()
+                .map(|snapshot| snapshot.to_wire())
+                .collect(),
             conntrack: snapshots
                 .iter()
                 .map(|snapshot| v1::ConntrackOccupancy {
@@ -255,14 +258,17 @@ impl ControlBackend for GatewayBackend {
                 return FlowPage { flows, next: None };
             }
             let remaining = query.limit.saturating_sub(flows.len());
-            let (found, next) = match self.dataplane.list_flows(core, filter.clone(), slot, remaining)
-            {
-                Ok(page) => page,
-                Err(message) => {
-                    warn!(core, %message, "listing flows failed; the listing ends early");
-                    return FlowPage { flows, next: None };
-                }
-            };
+            let (found, next) =
+                match self
+                    .dataplane
+                    .list_flows(core, filter.clone(), slot, remaining)
+                {
+                    Ok(page) => page,
+                    Err(message) => {
+                        warn!(core, %message, "listing flows failed; the listing ends early");
+                        return FlowPage { flows, next: None };
+                    }
+                };
             flows.extend(
                 found
                     .iter()
@@ -287,7 +293,11 @@ impl ControlBackend for GatewayBackend {
         FlowPage { flows, next }
     }
 
-    fn drain(&self, external_ip: Ipv4Addr, undrain: bool) -> Result<v1::DrainResponse, BackendError> {
+    fn drain(
+        &self,
+        external_ip: Ipv4Addr,
+        undrain: bool,
+    ) -> Result<v1::DrainResponse, BackendError> {
         let table = self.dataplane.route_table();
         if !table.snat_addresses().any(|address| address == external_ip) {
             return Err(BackendError::UnknownExternalIp { ip: external_ip });
@@ -335,7 +345,10 @@ mod tests {
         assert_eq!(wire_state(FlowState::Unreplied), v1::FlowState::New);
         assert_eq!(wire_state(FlowState::SynSent), v1::FlowState::New);
         assert_eq!(wire_state(FlowState::Replied), v1::FlowState::Established);
-        assert_eq!(wire_state(FlowState::Established), v1::FlowState::Established);
+        assert_eq!(
+            wire_state(FlowState::Established),
+            v1::FlowState::Established
+        );
         assert_eq!(wire_state(FlowState::Reset), v1::FlowState::Closing);
         assert_eq!(wire_state(FlowState::FinInbound), v1::FlowState::Closing);
     }
@@ -379,7 +392,10 @@ mod tests {
         let filter = engine_filter(&query);
         assert_eq!(filter.pod_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(filter.protocol, Some(Protocol::Tcp));
-        assert_eq!(filter.state, None, "wire states are filtered after conversion");
+        assert_eq!(
+            filter.state, None,
+            "wire states are filtered after conversion"
+        );
     }
 
     #[test]

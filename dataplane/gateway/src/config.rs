@@ -47,7 +47,10 @@ pub enum ConfigError {
         source: serde_yaml::Error,
     },
     #[error("configuration field `{field}`: {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
     #[error("configuration field `control.tcp`: {0}")]
     Tls(#[from] crate::control::ControlError),
 }
@@ -499,7 +502,10 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
         assert_eq!(config.pod_cidrs, vec!["10.244.0.0/16".parse().unwrap()]);
         assert_eq!(
             config.snat_addresses,
-            vec![Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 2)]
+            vec![
+                Ipv4Addr::new(198, 51, 100, 1),
+                Ipv4Addr::new(198, 51, 100, 2)
+            ]
         );
         assert_eq!(config.workers, 1);
         assert_eq!(
@@ -563,7 +569,11 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
             ("[10.244.0.0/16]", "[10.244.0.1/16]", "pod_cidrs"),
             ("[10.244.0.0/16]", "[]", "pod_cidrs"),
             ("198.51.100.2]", "255.255.255.255]", "snat_addresses"),
-            ("inside_address: 10.244.0.1", "inside_address: 0.0.0.0", "inside_address"),
+            (
+                "inside_address: 10.244.0.1",
+                "inside_address: 0.0.0.0",
+                "inside_address",
+            ),
         ];
         for (from, to, field) in cases {
             let text = LAB_FILE.replacen(from, to, 1);

@@ -44,7 +44,10 @@ fn parse_cidr(field: String, text: &str) -> Result<Ipv4Net, ConvertError> {
     }
 }
 
-fn action_from_wire(field: String, action: Option<&v1::Action>) -> Result<ActionSpec, ConvertError> {
+fn action_from_wire(
+    field: String,
+    action: Option<&v1::Action>,
+) -> Result<ActionSpec, ConvertError> {
     use v1::action::Kind;
     match action.and_then(|action| action.kind.as_ref()) {
         Some(Kind::Snat(snat)) => Ok(ActionSpec::Snat {
@@ -193,7 +196,11 @@ pub fn spec_to_wire(spec: &RouteTableSpec) -> v1::RouteTable {
                     })
                     .collect();
                 if let Some(default) = &policy.default_action {
-                    if !policy.rules.iter().any(|rule| rule.destination == everything) {
+                    if !policy
+                        .rules
+                        .iter()
+                        .any(|rule| rule.destination == everything)
+                    {
                         rules.push(v1::Rule {
                             destination: everything.to_string(),
                             action: Some(action_to_wire(default)),

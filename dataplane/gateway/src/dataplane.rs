@@ -16,8 +16,8 @@ use arc_swap::ArcSwap;
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 use crossbeam::queue::ArrayQueue;
 use egw_engine::{
-    Counters, Engine, EngineConfig, ExternalUsage, FlowFilter, FlowInfo, Ingress, RouteTable,
-    Side, Verdict,
+    Counters, Engine, EngineConfig, ExternalUsage, FlowFilter, FlowInfo, Ingress, RouteTable, Side,
+    Verdict,
 };
 use egw_proto::v1;
 use egw_xdp::xsk::{self, FrameDesc, SocketInfo, TxStatus, Worker, WorkerConfig, WorkerCounters};
@@ -197,7 +197,7 @@ pub struct Dataplane {
     config: GatewayConfig,
     shared: Arc<Shared>,
     commands: Vec<Sender<Command>>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     program: Mutex<SteeringProgram>,
     monitor: NextHopMonitor,
     interfaces: Vec<InterfaceStatus>,
@@ -218,7 +218,9 @@ fn xsk_side(side: Side) -> xsk::Side {
 }
 
 /// Loads the initial route table: from the configured file, else deny everything.
-fn initial_table(config: &GatewayConfig) -> Result<(RouteTable, Option<v1::RouteTable>), DataplaneError> {
+fn initial_table(
+    config: &GatewayConfig,
+) -> Result<(RouteTable, Option<v1::RouteTable>), DataplaneError> {
     let Some(path) = &config.route_table_file else {
         return Ok((RouteTable::empty_deny_all(), None));
     };
@@ -277,7 +279,10 @@ impl Dataplane {
 
         let mut program = SteeringProgram::load()?;
         let specs = if config.one_armed() {
-            vec![InterfaceSpec::new(&config.inside_interface, InterfaceRole::OneArmed)]
+            vec![InterfaceSpec::new(
+                &config.inside_interface,
+                InterfaceRole::OneArmed,
+            )]
         } else {
             vec![
                 InterfaceSpec::new(&config.inside_interface, InterfaceRole::Inside),
@@ -325,7 +330,7 @@ impl Dataplane {
         let mut dataplane = Dataplane {
             shared: Arc::clone(&shared),
             commands: Vec::new(),
-            threads: Vec::new(),
+            threads: Mutex::new(Vec::new()),
             program: Mutex::new(program),
             monitor,
             interfaces: Vec::new(),
@@ -368,9 +373,14 @@ impl Dataplane {
             }
             let inside_info = worker.socket_info(xsk::Side::Inside).clone();
             let outside_info = worker.socket_info(xsk::Side::Outside).clone();
-            info!(worker = core, queue, inside_zero_copy = inside_info.zero_copy,
-                outside_zero_copy = outside_info.zero_copy, shared_umem = inside_info.shared_umem,
-                "AF_XDP sockets open");
+            info!(
+                worker = core,
+                queue,
+                inside_zero_copy = inside_info.zero_copy,
+                outside_zero_copy = outside_info.zero_copy,
+                shared_umem = inside_info.shared_umem,
+                "AF_XDP sockets open"
+            );
             socket_infos.push((inside_info, outside_info));
 
             let engine_config = EngineConfig {
@@ -408,11 +418,16 @@ impl Dataplane {
                     worker: core,
                     message: format!("spawning the thread: {error}"),
                 })?;
-            dataplane.threads.push(thread);
+            lock(&dataplane.threads).push(thread);
             dataplane.commands.push(command_sender);
             match ready_receiver.recv_timeout(Duration::from_secs(10)) {
                 Ok(Ok(())) => {}
-                Ok(Err(message)) => return Err(DataplaneError::Worker { worker: core, message }),
+                Ok(Err(message)) => {
+                    return Err(DataplaneError::Worker {
+                        worker: core,
+                        message,
+                    })
+                }
                 Err(_) => {
                     return Err(DataplaneError::Worker {
                         worker: core,
@@ -557,14 +572,14 @@ impl Dataplane {
         self.clock.elapsed()
     }
 
-    /// Stops the workers and detaches XDP.
-    pub fn shutdown(mut self) {
-        self.stop_workers();
-    }
-
-    fn stop_workers(&mut self) {
+    /// Stops the workers and detaches XDP; later calls do nothing.
+    pub fn stop(&self) {
+        let threads: Vec<JoinHandle<()>> = lock(&self.threads).drain(..).collect();
+        if threads.is_empty() {
+            return;
+        }
         self.shared.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
+        for thread in threads {
             if thread.join().is_err() {
                 error!("a worker thread panicked");
             }
@@ -578,19 +593,23 @@ impl Dataplane {
 
 impl Drop for Dataplane {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
-            self.stop_workers();
-        }
+        self.stop();
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Addresses XDP steers on the outside interface: the configured ones, the table's, and those
 /// still carrying flows.
-fn steered_addresses(config: &GatewayConfig, table: &RouteTable, in_use: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+fn steered_addresses(
+    config: &GatewayConfig,
+    table: &RouteTable,
+    in_use: &[Ipv4Addr],
+) -> Vec<Ipv4Addr> {
     let set: BTreeSet<Ipv4Addr> = config
         .snat_addresses
         .iter()
@@ -635,7 +654,14 @@ impl Io {
     }
 
     /// Sends a processed frame out of `side`: next-hop MACs, window, TX.
-    fn forward(&mut self, hops: &NextHops, mut desc: FrameDesc, side: Side, destination: Ipv4Addr, len: usize) {
+    fn forward(
+        &mut self,
+        hops: &NextHops,
+        mut desc: FrameDesc,
+        side: Side,
+        destination: Ipv4Addr,
+        len: usize,
+    ) {
         let ifindex = self.ifindex[match side {
             Side::Inside => 0,
             Side::Outside => 1,
@@ -728,7 +754,10 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
     if pinned {
         info!(worker = core, cpu, "worker pinned");
     } else {
-        warn!(worker = core, cpu, "pinning the worker to its CPU failed; it runs unpinned");
+        warn!(
+            worker = core,
+            cpu, "pinning the worker to its CPU failed; it runs unpinned"
+        );
     }
     let mut engine = match Engine::new(engine_config) {
         Ok(engine) => engine,
@@ -765,7 +794,11 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
         let version = shared.table_version.load(Ordering::Acquire);
         if version != table_version {
             let table = shared.table.load_full();
-            info!(worker = core, generation = table.generation(), "route table installed");
+            info!(
+                worker = core,
+                generation = table.generation(),
+                "route table installed"
+            );
             engine.set_route_table(table);
             table_version = version;
         }
@@ -783,7 +816,14 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
             while let Some(handed) = io.ring(from, core).frames.pop() {
                 work += 1;
                 io.counters.handoffs_received += 1;
-                process_copied(&mut engine, &mut io, &hops, &handed.bytes, handed.ingress, now);
+                process_copied(
+                    &mut engine,
+                    &mut io,
+                    &hops,
+                    &handed.bytes,
+                    handed.ingress,
+                    now,
+                );
                 // A full spare queue just frees the buffer.
                 let _ = io.ring(from, core).spare.push(handed.bytes);
             }

@@ -11,7 +11,10 @@ use egw_gateway::backend::GatewayBackend;
 use egw_gateway::config::{GatewayConfig, LogFormat, Overrides};
 use egw_gateway::control;
 use egw_gateway::dataplane::Dataplane;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+/// How long in-flight control requests may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The egw AF_XDP egress NAT gateway.
 #[derive(Debug, Parser)]
@@ -27,7 +30,9 @@ struct Args {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -68,14 +73,30 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let dataplane = Arc::new(Dataplane::start(config).context("starting the dataplane")?);
     let backend = Arc::new(GatewayBackend::new(Arc::clone(&dataplane)));
-    let served = runtime.block_on(control::serve(server_config, backend, shutdown_signal()));
-    // The server holds the last other reference to the dataplane; once it is gone, stopping
-    // joins the workers and detaches XDP.
-    drop(runtime);
-    match Arc::try_unwrap(dataplane) {
-        Ok(dataplane) => dataplane.shutdown(),
-        Err(_) => error!("the dataplane is still referenced; XDP detaches at exit"),
-    }
+    let served = runtime.block_on(async {
+        let (stop_sender, mut stop_receiver) = tokio::sync::watch::channel(false);
+        let server = control::serve(server_config, backend, async move {
+            // An error means the sender is gone, which also means stop.
+            let _ = stop_receiver.wait_for(|stop| *stop).await;
+        });
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result,
+            () = shutdown_signal() => {
+                let _ = stop_sender.send(true);
+                // Clients that never close their connections must not hold the shutdown up.
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        warn!(grace = ?SHUTDOWN_GRACE, "control connections still open; closing them");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    });
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    dataplane.stop();
     served.context("control server")?;
     info!("egw-gateway stopped");
     Ok(())

@@ -106,13 +106,12 @@ impl Netlink {
                 .map_err(io_error(what))?;
             let mut offset = 0;
             while offset < size {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(
-                    &self.buffer[offset..size],
-                )
-                .map_err(|error| NetlinkError::Decode {
-                    what,
-                    message: error.to_string(),
-                })?;
+                let reply =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[offset..size])
+                        .map_err(|error| NetlinkError::Decode {
+                            what,
+                            message: error.to_string(),
+                        })?;
                 let length = reply.header.length as usize;
                 let ours = reply.header.sequence_number == sequence;
                 if ours {
@@ -175,15 +174,21 @@ impl Netlink {
             let RouteNetlinkMessage::NewAddress(message) = reply else {
                 continue;
             };
-            let local = message.attributes.iter().find_map(|attribute| match attribute {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
-            let address = local.or_else(|| {
-                message.attributes.iter().find_map(|attribute| match attribute {
-                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            let local = message
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
                     _ => None,
-                })
+                });
+            let address = local.or_else(|| {
+                message
+                    .attributes
+                    .iter()
+                    .find_map(|attribute| match attribute {
+                        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                        _ => None,
+                    })
             });
             if let Some(address) = address {
                 addresses.push((message.header.index, address));
@@ -231,7 +236,11 @@ impl Netlink {
 
     /// Asks the kernel to resolve `address` on `ifindex` (creating the neighbour entry if needed),
     /// as if it had a packet to send there. The answer arrives as a neighbour notification.
-    pub fn request_resolution(&mut self, ifindex: u32, address: Ipv4Addr) -> Result<(), NetlinkError> {
+    pub fn request_resolution(
+        &mut self,
+        ifindex: u32,
+        address: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
         let mut message = NeighbourMessage::default();
         message.header.family = AddressFamily::Inet;
         message.header.ifindex = ifindex;
@@ -239,7 +248,9 @@ impl Netlink {
         message.header.flags = NeighbourFlags::Use;
         message
             .attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(address)));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                address,
+            )));
         self.request(
             "neighbour resolution",
             RouteNetlinkMessage::NewNeighbour(message),
@@ -361,7 +372,9 @@ fn neighbour_from(message: &NeighbourMessage) -> Option<(u32, Ipv4Addr, Mac)> {
     for attribute in &message.attributes {
         match attribute {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => address = Some(*ip),
-            NeighbourAttribute::LinkLayerAddress(bytes) => mac = <Mac>::try_from(bytes.as_slice()).ok(),
+            NeighbourAttribute::LinkLayerAddress(bytes) => {
+                mac = <Mac>::try_from(bytes.as_slice()).ok()
+            }
             _ => {}
         }
     }
@@ -481,7 +494,8 @@ fn monitor(
                 if recently_requested.len() > 4096 {
                     recently_requested.retain(|_, at| now.duration_since(*at) < RESOLUTION_REPEAT);
                 }
-                for (ifindex, address) in std::iter::once(first).chain(resolve_requests.try_iter()) {
+                for (ifindex, address) in std::iter::once(first).chain(resolve_requests.try_iter())
+                {
                     let fresh = recently_requested
                         .get(&(ifindex, address))
                         .is_none_or(|at| now.duration_since(*at) >= RESOLUTION_REPEAT);
@@ -489,7 +503,9 @@ fn monitor(
                         continue;
                     }
                     recently_requested.insert((ifindex, address), now);
-                    counters.resolutions_requested.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .resolutions_requested
+                        .fetch_add(1, Ordering::Relaxed);
                     match requests.request_resolution(ifindex, address) {
                         Ok(()) => debug!(ifindex, %address, "neighbour resolution requested"),
                         Err(error) => {
@@ -528,7 +544,9 @@ fn monitor(
                     snapshot.store(Arc::new(fresh));
                     counters.refreshes.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(error) => warn!(%error, "refreshing the next-hop snapshot failed; keeping the previous one"),
+                Err(error) => {
+                    warn!(%error, "refreshing the next-hop snapshot failed; keeping the previous one")
+                }
             }
         }
     }

@@ -98,7 +98,11 @@ impl NextHops {
     ) -> Self {
         let mut snapshot = Self::default();
         for route in routes {
-            snapshot.routes.entry(route.ifindex).or_default().insert(route);
+            snapshot
+                .routes
+                .entry(route.ifindex)
+                .or_default()
+                .insert(route);
         }
         snapshot.neighbours = neighbours
             .into_iter()
@@ -130,7 +134,10 @@ impl NextHops {
     }
 
     pub fn route_count(&self) -> usize {
-        self.routes.values().map(|table| table.levels.iter().map(|l| l.1.len()).sum::<usize>()).sum()
+        self.routes
+            .values()
+            .map(|table| table.levels.iter().map(|l| l.1.len()).sum::<usize>())
+            .sum()
     }
 
     /// How to send a packet for `destination` out of interface `ifindex`. Only routes through that
@@ -226,11 +233,24 @@ mod tests {
     fn longest_prefix_wins_and_lowest_metric_breaks_ties() {
         let hops = snapshot();
         let lookup = |dst: [u8; 4]| hops.route(OUT, Ipv4Addr::from(dst)).map(|r| r.gateway);
-        assert_eq!(lookup([192, 0, 2, 200]), Some(Some(Ipv4Addr::new(203, 0, 113, 8))));
-        assert_eq!(lookup([192, 0, 2, 1]), Some(Some(Ipv4Addr::new(203, 0, 113, 7))));
-        assert_eq!(lookup([8, 8, 8, 8]), Some(Some(Ipv4Addr::new(203, 0, 113, 253))));
+        assert_eq!(
+            lookup([192, 0, 2, 200]),
+            Some(Some(Ipv4Addr::new(203, 0, 113, 8)))
+        );
+        assert_eq!(
+            lookup([192, 0, 2, 1]),
+            Some(Some(Ipv4Addr::new(203, 0, 113, 7)))
+        );
+        assert_eq!(
+            lookup([8, 8, 8, 8]),
+            Some(Some(Ipv4Addr::new(203, 0, 113, 253)))
+        );
         assert_eq!(lookup([203, 0, 113, 10]), Some(None));
-        assert_eq!(hops.route(IN, Ipv4Addr::new(8, 8, 8, 8)), None, "routes are per interface");
+        assert_eq!(
+            hops.route(IN, Ipv4Addr::new(8, 8, 8, 8)),
+            None,
+            "routes are per interface"
+        );
         assert_eq!(hops.route_count(), 5);
     }
 
@@ -265,8 +285,14 @@ mod tests {
                 next_hop: Ipv4Addr::new(10, 244, 1, 11)
             }
         );
-        assert_eq!(hops.resolve(IN, Ipv4Addr::new(192, 0, 2, 1)), Resolution::NoRoute);
-        assert_eq!(hops.resolve(9, Ipv4Addr::new(10, 244, 1, 10)), Resolution::NoRoute);
+        assert_eq!(
+            hops.resolve(IN, Ipv4Addr::new(192, 0, 2, 1)),
+            Resolution::NoRoute
+        );
+        assert_eq!(
+            hops.resolve(9, Ipv4Addr::new(10, 244, 1, 10)),
+            Resolution::NoRoute
+        );
     }
 
     #[test]
@@ -286,6 +312,9 @@ mod tests {
         let mut short = [0u8; 11];
         assert!(!rewrite_macs(&mut short, [1; 6], [2; 6]));
         assert_eq!(short, [0; 11]);
-        assert_eq!(format_mac(&[0x02, 0xab, 0, 1, 2, 0xff]), "02:ab:00:01:02:ff");
+        assert_eq!(
+            format_mac(&[0x02, 0xab, 0, 1, 2, 0xff]),
+            "02:ab:00:01:02:ff"
+        );
     }
 }

@@ -1,0 +1,425 @@
+//! End to end: the `egw-gateway` binary SNATs a pod's UDP traffic between two veth pairs.
+//!
+//! ```text
+//! ns pod  (pod0 10.244.1.10/16, default via 10.244.0.1)
+//!   ── veth ──  ns gw (gw-in 10.244.0.1/16; gw-out 203.0.113.1/24 + 198.51.100.1/32)
+//!   ── veth ──  ns inet (inet0 203.0.113.10/24, 198.51.100.0/24 via 203.0.113.1)
+//! ```
+//!
+//! Needs root (namespaces, XDP). All traffic stays inside the test's own namespaces, which an RAII
+//! guard deletes even when the test panics; the gateway process is stopped by another guard.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egw_proto::v1;
+use egw_proto::v1::gateway_client::GatewayClient;
+
+const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const ECHO_PORT: u16 = 7777;
+
+fn run(args: &[&str]) -> String {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {args:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The three namespaces; deleted on drop.
+struct TestNet {
+    pod: String,
+    gw: String,
+    inet: String,
+}
+
+impl TestNet {
+    fn new() -> Self {
+        let id = format!("egwg-{}", std::process::id());
+        let net = TestNet {
+            pod: format!("{id}-pod"),
+            gw: format!("{id}-gw"),
+            inet: format!("{id}-inet"),
+        };
+        let (pod, gw, inet) = (net.pod.as_str(), net.gw.as_str(), net.inet.as_str());
+        for ns in [pod, gw, inet] {
+            run(&["ip", "netns", "add", ns]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        run(&[
+            "ip", "-n", gw, "link", "add", "gw-in", "type", "veth", "peer", "name", "pod0",
+            "netns", pod,
+        ]);
+        run(&[
+            "ip", "-n", gw, "link", "add", "gw-out", "type", "veth", "peer", "name", "inet0",
+            "netns", inet,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            gw,
+            "addr",
+            "add",
+            "10.244.0.1/16",
+            "dev",
+            "gw-in",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            gw,
+            "addr",
+            "add",
+            "203.0.113.1/24",
+            "dev",
+            "gw-out",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            gw,
+            "addr",
+            "add",
+            "198.51.100.1/32",
+            "dev",
+            "gw-out",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            pod,
+            "addr",
+            "add",
+            "10.244.1.10/16",
+            "dev",
+            "pod0",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            inet,
+            "addr",
+            "add",
+            "203.0.113.10/24",
+            "dev",
+            "inet0",
+        ]);
+        for (ns, dev) in [
+            (gw, "gw-in"),
+            (gw, "gw-out"),
+            (pod, "pod0"),
+            (inet, "inet0"),
+        ] {
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            // Frames the kernel sends with a partial checksum would reach AF_XDP unfinished.
+            run(&["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]);
+        }
+        run(&[
+            "ip",
+            "-n",
+            pod,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.244.0.1",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            inet,
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            "203.0.113.1",
+        ]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            gw,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        net
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        for ns in [&self.pod, &self.gw, &self.inet] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Enters network namespace `ns` on the current thread.
+fn enter_netns(ns: &str) {
+    let file = File::open(format!("/run/netns/{ns}")).unwrap();
+    // SAFETY: setns(2) on a valid namespace fd; it changes only the calling (test-owned) thread's
+    // network namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// The gateway process; stopped (SIGTERM, then SIGKILL) on drop.
+struct Gateway {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Gateway {
+    fn start(ns: &str, config: &Path, log: PathBuf) -> Self {
+        let log_file = File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                env!("CARGO_BIN_EXE_egw-gateway"),
+                "--config",
+            ])
+            .arg(config)
+            .env("RUST_LOG", "info,egw_gateway=debug")
+            .stdout(Stdio::from(log_file.try_clone().unwrap()))
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .unwrap();
+        Gateway {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|child| child.try_wait().unwrap())
+        {
+            panic!("gateway exited early ({status}):\n{}", self.log());
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn status_over_unix_socket(path: PathBuf) -> (v1::GetStatusResponse, v1::ListFlowsResponse) {
+    let channel = tonic::transport::Endpoint::try_from("http://[::1]:1")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client = GatewayClient::new(channel);
+    let status = client
+        .get_status(v1::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let flows = client
+        .list_flows(v1::ListFlowsRequest {
+            pod_ip: Some(POD.to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (status, flows)
+}
+
+#[test]
+fn pod_udp_is_snatted_and_the_reply_comes_back() {
+    let net = TestNet::new();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("egw.sock");
+    let table = dir.path().join("table.yaml");
+    std::fs::write(
+        &table,
+        "generation: 1\n\
+         pools:\n  - { name: pool-a, addresses: [198.51.100.1] }\n\
+         policies:\n  - name: via-a\n    rules:\n      - { destination: 0.0.0.0/0, snat: pool-a }\n\
+         sources:\n  - { cidr: 10.244.1.10/32, policy: via-a }\n",
+    )
+    .unwrap();
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "inside_interface: gw-in\n\
+             outside_interface: gw-out\n\
+             inside_address: 10.244.0.1\n\
+             pod_cidrs: [10.244.0.0/16]\n\
+             snat_addresses: [198.51.100.1]\n\
+             workers: 1\n\
+             control: {{ unix_socket: {} }}\n\
+             route_table_file: {}\n\
+             xdp: {{ frame_count: 2048, ring_size: 512 }}\n",
+            socket.display(),
+            table.display()
+        ),
+    )
+    .unwrap();
+
+    // The echo server answers with the source address it saw, until told to stop.
+    let stop_echo = Arc::new(AtomicBool::new(false));
+    let echo = {
+        let (ns, stop) = (net.inet.clone(), Arc::clone(&stop_echo));
+        let (ready_sender, ready) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            enter_netns(&ns);
+            let socket = UdpSocket::bind((REMOTE, ECHO_PORT)).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            ready_sender.send(()).unwrap();
+            let mut buffer = [0u8; 1500];
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok((_, from)) = socket.recv_from(&mut buffer) {
+                    socket.send_to(from.to_string().as_bytes(), from).unwrap();
+                }
+            }
+        });
+        ready.recv_timeout(Duration::from_secs(5)).unwrap();
+        thread
+    };
+
+    let mut gateway = Gateway::start(&net.gw, &config, dir.path().join("gateway.log"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        gateway.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "no control socket:\n{}",
+            gateway.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The first datagrams may be dropped while the gateway resolves next hops; retry, bounded.
+    let reply = {
+        let ns = net.pod.clone();
+        std::thread::spawn(move || {
+            enter_netns(&ns);
+            let socket = UdpSocket::bind((POD, 0)).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(250)))
+                .unwrap();
+            let mut buffer = [0u8; 1500];
+            for attempt in 0..40 {
+                socket
+                    .send_to(format!("hello {attempt}").as_bytes(), (REMOTE, ECHO_PORT))
+                    .unwrap();
+                if let Ok((len, from)) = socket.recv_from(&mut buffer) {
+                    return Some((String::from_utf8_lossy(&buffer[..len]).into_owned(), from));
+                }
+            }
+            None
+        })
+        .join()
+        .unwrap()
+    };
+    stop_echo.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
+    gateway.assert_running();
+    let (seen, from) =
+        reply.unwrap_or_else(|| panic!("no reply reached the pod:\n{}", gateway.log()));
+    let seen: SocketAddr = seen.parse().unwrap();
+    assert_eq!(seen.ip(), EXTERNAL, "the remote saw the pod untranslated");
+    assert_eq!(
+        from,
+        SocketAddr::from((REMOTE, ECHO_PORT)),
+        "reply not translated back"
+    );
+
+    // Counters are published every 100 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, flows) = runtime.block_on(status_over_unix_socket(socket.clone()));
+    drop(runtime);
+    assert_eq!(status.generation, 1);
+    assert_eq!(status.interfaces.len(), 2, "{status:?}");
+    let core = &status.cores[0];
+    assert!(core.rx_packets >= 2, "{core:?}");
+    assert!(core.tx_packets >= 2, "{core:?}");
+    assert!(core.flows_created >= 1, "{core:?}");
+    let external = status
+        .external_ips
+        .iter()
+        .find(|ip| ip.ip == EXTERNAL.to_string())
+        .unwrap_or_else(|| panic!("{status:?}"));
+    assert_eq!(external.pool, "pool-a");
+    assert!(external.udp.as_ref().unwrap().used >= 1, "{external:?}");
+    let flow = flows
+        .flows
+        .iter()
+        .find(|flow| flow.remote_port == u32::from(ECHO_PORT))
+        .unwrap_or_else(|| panic!("{flows:?}"));
+    assert_eq!(flow.external_ip, EXTERNAL.to_string());
+    assert_eq!(u16::try_from(flow.external_port).unwrap(), seen.port());
+    assert_eq!(flow.state, v1::FlowState::Established as i32);
+
+    let exit = gateway.stop();
+    assert!(
+        exit.is_some_and(|status| status.success()),
+        "gateway did not stop cleanly ({exit:?}):\n{}",
+        gateway.log()
+    );
+    let link = run(&["ip", "-n", &net.gw, "link", "show", "dev", "gw-in"]);
+    assert!(
+        !link.contains("xdp"),
+        "XDP still attached after shutdown: {link}"
+    );
+}
