@@ -298,7 +298,7 @@ impl Dataplane {
         program.set_snat_addrs(&steered_addresses(&config, &table, &[]))?;
         program.set_local_addrs(&local_addresses)?;
 
-        let monitor = NextHopMonitor::start()?;
+        let monitor = NextHopMonitor::start(vec![inside.ifindex, outside.ifindex])?;
         let cores = config.workers;
         let shared = Arc::new(Shared {
             table_version: AtomicU64::new(1),
@@ -841,7 +841,7 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
                 destination,
                 len,
             } => io.forward_bytes(&hops, &bytes[..len.min(bytes.len())], side, destination),
-            Verdict::Handoff { core: to } => io.hand_off(to, bytes, ingress_for_release(one_armed)),
+            Verdict::Handoff { core: to } => io.hand_off(to, bytes, RELEASED_FRAGMENT_INGRESS),
             Verdict::Drop(_) | Verdict::Stashed => {}
         });
         io.xsk.flush();
@@ -863,15 +863,9 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
     info!(worker = core, "worker stopped");
 }
 
-/// Released fragments are re-classified by the engine itself; the ingress only matters for a
-/// one-armed gateway, where the engine classifies by address anyway.
-fn ingress_for_release(one_armed: bool) -> Ingress {
-    if one_armed {
-        Ingress::OneArmed
-    } else {
-        Ingress::Inside
-    }
-}
+/// The ingress a released fragment is handed off with: the engine classified it by address (it
+/// no longer knows the interface it came in on), so the owning core must too.
+const RELEASED_FRAGMENT_INGRESS: Ingress = Ingress::OneArmed;
 
 fn process_frame(
     engine: &mut Engine,

@@ -37,6 +37,12 @@ use crate::nexthop::{Link, Mac, NextHops, Route};
 const RESOLUTION_REPEAT: Duration = Duration::from_secs(1);
 /// How often the monitor looks for kernel notifications and resolution requests.
 const MONITOR_TICK: Duration = Duration::from_millis(10);
+/// How often STALE neighbours of the gateway's interfaces are re-probed. The kernel never sees
+/// the frames AF_XDP forwards, so without this it would never re-confirm a neighbour the workers
+/// keep using, and a changed MAC address would go unnoticed.
+const STALE_REFRESH: Duration = Duration::from_secs(30);
+/// Most STALE neighbours re-probed per round.
+const STALE_REFRESH_LIMIT: usize = 4096;
 /// Pending resolution requests the workers may queue.
 pub const RESOLUTION_QUEUE: usize = 1024;
 
@@ -226,6 +232,28 @@ impl Netlink {
             .collect())
     }
 
+    /// IPv4 neighbours of `interfaces` in the STALE state, as (ifindex, address).
+    pub fn stale_neighbours(
+        &mut self,
+        interfaces: &[u32],
+    ) -> Result<Vec<(u32, Ipv4Addr)>, NetlinkError> {
+        let mut request = NeighbourMessage::default();
+        request.header.family = AddressFamily::Inet;
+        let replies = self.dump("neighbour dump", RouteNetlinkMessage::GetNeighbour(request))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewNeighbour(neighbour)
+                    if neighbour.header.state == NeighbourState::Stale
+                        && interfaces.contains(&neighbour.header.ifindex) =>
+                {
+                    neighbour_from(&neighbour).map(|(ifindex, address, _)| (ifindex, address))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// A fresh snapshot of routes, neighbours and links.
     pub fn snapshot(&mut self) -> Result<NextHops, NetlinkError> {
         let links = self.links()?;
@@ -408,7 +436,8 @@ const RTNLGRP_IPV4_ROUTE: u32 = 7;
 impl NextHopMonitor {
     /// Dumps the kernel state and starts the monitor thread, with sockets of the calling thread's
     /// network namespace.
-    pub fn start() -> Result<Self, NetlinkError> {
+    /// `interfaces` are the gateway's interface indexes, whose STALE neighbours are re-probed.
+    pub fn start(interfaces: Vec<u32>) -> Result<Self, NetlinkError> {
         let mut requests = Netlink::open()?;
         let events = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Open)?;
         let mut events = events;
@@ -438,7 +467,17 @@ impl NextHopMonitor {
                 let snapshot = Arc::clone(&snapshot);
                 let counters = Arc::clone(&counters);
                 let stop = Arc::clone(&stop);
-                move || monitor(requests, events, resolve_requests, snapshot, counters, stop)
+                move || {
+                    monitor(
+                        requests,
+                        events,
+                        resolve_requests,
+                        snapshot,
+                        counters,
+                        stop,
+                        interfaces,
+                    )
+                }
             })
             .map_err(io_error("starting the monitor thread"))?;
         Ok(Self {
@@ -483,7 +522,9 @@ fn monitor(
     snapshot: Arc<ArcSwap<NextHops>>,
     counters: Arc<MonitorCounters>,
     stop: Arc<AtomicBool>,
+    interfaces: Vec<u32>,
 ) {
+    let mut last_stale_refresh = Instant::now();
     let mut buffer = vec![0u8; 1 << 16];
     let mut recently_requested: HashMap<(u32, Ipv4Addr), Instant> = HashMap::new();
     let mut failures_logged = 0u32;
@@ -522,6 +563,22 @@ fn monitor(
             Err(RecvTimeoutError::Disconnected) => {
                 // Workers are gone; keep serving notifications until told to stop.
                 std::thread::sleep(MONITOR_TICK);
+            }
+        }
+        if last_stale_refresh.elapsed() >= STALE_REFRESH {
+            last_stale_refresh = Instant::now();
+            match requests.stale_neighbours(&interfaces) {
+                Ok(stale) => {
+                    for (ifindex, address) in stale.into_iter().take(STALE_REFRESH_LIMIT) {
+                        counters
+                            .resolutions_requested
+                            .fetch_add(1, Ordering::Relaxed);
+                        if requests.request_resolution(ifindex, address).is_err() {
+                            counters.resolutions_failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Err(error) => debug!(%error, "listing stale neighbours failed"),
             }
         }
         let mut changed = false;

@@ -246,7 +246,17 @@ impl Drop for Gateway {
     }
 }
 
-async fn status_over_unix_socket(path: PathBuf) -> (v1::GetStatusResponse, v1::ListFlowsResponse) {
+struct ControlResults {
+    status: v1::GetStatusResponse,
+    flows: v1::ListFlowsResponse,
+    invalid_apply: tonic::Status,
+    applied: v1::ApplyRouteTableResponse,
+    status_after_apply: v1::GetStatusResponse,
+    drained: v1::DrainResponse,
+    unknown_drain: tonic::Status,
+}
+
+async fn control_calls(path: PathBuf) -> ControlResults {
     let channel = tonic::transport::Endpoint::try_from("http://[::1]:1")
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
@@ -273,7 +283,55 @@ async fn status_over_unix_socket(path: PathBuf) -> (v1::GetStatusResponse, v1::L
         .await
         .unwrap()
         .into_inner();
-    (status, flows)
+    let table = |generation: u64, pool_b_address: &str| {
+        egw_proto::yaml::RouteTable::from_yaml_str(&format!(
+            "generation: {generation}\n\
+             pools:\n  - {{ name: pool-a, addresses: [198.51.100.1] }}\n  \
+             - {{ name: pool-b, addresses: [{pool_b_address}] }}\n\
+             policies:\n  - name: via-a\n    rules:\n      - {{ destination: 0.0.0.0/0, snat: pool-a }}\n\
+             sources:\n  - {{ cidr: 10.244.1.10/32, policy: via-a }}\n"
+        ))
+        .unwrap()
+        .to_proto()
+    };
+    let invalid_apply = client
+        .apply_route_table(table(2, "255.255.255.255"))
+        .await
+        .unwrap_err();
+    let applied = client
+        .apply_route_table(table(2, "198.51.100.2"))
+        .await
+        .unwrap()
+        .into_inner();
+    let status_after_apply = client
+        .get_status(v1::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let drained = client
+        .drain(v1::DrainRequest {
+            external_ip: EXTERNAL.to_string(),
+            undrain: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let unknown_drain = client
+        .drain(v1::DrainRequest {
+            external_ip: "192.0.2.1".into(),
+            undrain: false,
+        })
+        .await
+        .unwrap_err();
+    ControlResults {
+        status,
+        flows,
+        invalid_apply,
+        applied,
+        status_after_apply,
+        drained,
+        unknown_drain,
+    }
 }
 
 #[test]
@@ -387,8 +445,9 @@ fn pod_udp_is_snatted_and_the_reply_comes_back() {
         .enable_all()
         .build()
         .unwrap();
-    let (status, flows) = runtime.block_on(status_over_unix_socket(socket.clone()));
+    let results = runtime.block_on(control_calls(socket.clone()));
     drop(runtime);
+    let (status, flows) = (&results.status, &results.flows);
     assert_eq!(status.generation, 1);
     assert_eq!(status.interfaces.len(), 2, "{status:?}");
     let core = &status.cores[0];
@@ -410,6 +469,31 @@ fn pod_udp_is_snatted_and_the_reply_comes_back() {
     assert_eq!(flow.external_ip, EXTERNAL.to_string());
     assert_eq!(u16::try_from(flow.external_port).unwrap(), seen.port());
     assert_eq!(flow.state, v1::FlowState::Established as i32);
+
+    assert_eq!(results.invalid_apply.code(), tonic::Code::InvalidArgument);
+    assert!(
+        results.invalid_apply.message().contains("pool-b"),
+        "{:?}",
+        results.invalid_apply
+    );
+    assert_eq!(results.applied.generation, 2);
+    assert_eq!(results.status_after_apply.generation, 2);
+    let pool_b = results
+        .status_after_apply
+        .external_ips
+        .iter()
+        .find(|ip| ip.ip == "198.51.100.2")
+        .unwrap_or_else(|| panic!("{:?}", results.status_after_apply));
+    assert_eq!(pool_b.pool, "pool-b");
+    assert!(results.drained.draining);
+    assert_eq!(results.drained.external_ip, EXTERNAL.to_string());
+    assert_eq!(results.unknown_drain.code(), tonic::Code::NotFound);
+    let log = gateway.log();
+    assert!(log.contains("route table applied"), "{log}");
+    assert!(
+        log.contains("worker pinned") || log.contains("runs unpinned"),
+        "{log}"
+    );
 
     let exit = gateway.stop();
     assert!(
