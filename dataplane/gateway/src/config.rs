@@ -34,13 +34,13 @@ pub const MAX_WORKERS: u16 = 64;
 /// Why a configuration was refused. Messages name the offending field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading configuration file {path}: {source}")]
+    #[error("reading configuration file {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("configuration file {path}: {source}")]
+    #[error("configuration file {path}")]
     Parse {
         path: PathBuf,
         #[source]
@@ -51,7 +51,7 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
-    #[error("configuration field `control.tcp`: {0}")]
+    #[error("configuration field `control.tcp`")]
     Tls(#[from] crate::control::ControlError),
 }
 
@@ -553,12 +553,24 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
         );
     }
 
+    /// The error and its sources, as `main` prints them.
+    fn chain(error: &dyn std::error::Error) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
+    }
+
     #[test]
     fn unknown_fields_are_refused() {
         let error = parse(&format!("{LAB_FILE}\nworkerz: 2\n")).unwrap_err();
-        assert!(error.to_string().contains("workerz"), "{error}");
+        assert!(chain(&error).contains("workerz"), "{error}");
+        assert!(chain(&error).contains("test.yaml"), "{error}");
         let error = parse(&format!("{LAB_FILE}\nconntrack: {{size: 3}}\n")).unwrap_err();
-        assert!(error.to_string().contains("size"), "{error}");
+        assert!(chain(&error).contains("size"), "{error}");
     }
 
     #[test]

@@ -171,9 +171,9 @@ pub enum DataplaneError {
     RouteTableFile { path: String, message: String },
     #[error("route table file {path}: {message}")]
     InvalidRouteTable { path: String, message: String },
-    #[error("XDP steering program: {0}")]
+    #[error("XDP steering program")]
     Loader(#[from] egw_xdp::LoaderError),
-    #[error("worker {worker}: AF_XDP sockets on queue {worker}: {source}")]
+    #[error("worker {worker}: opening the AF_XDP sockets of queue {worker}")]
     Sockets {
         worker: u16,
         #[source]

@@ -48,9 +48,9 @@ pub const RESOLUTION_QUEUE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("opening a netlink socket: {0}")]
+    #[error("opening a netlink socket")]
     Open(#[source] io::Error),
-    #[error("netlink {what}: {source}")]
+    #[error("netlink {what}")]
     Io {
         what: &'static str,
         #[source]
