@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 use crate::config::GatewayConfig;
 use crate::convert;
 use crate::netlink::{MonitorCounters, Netlink, NetlinkError, NextHopMonitor};
-use crate::nexthop::{format_mac, rewrite_macs, NextHops, Resolution};
+use crate::nexthop::{format_mac, rewrite_macs, NextHops, Resolution, ResolutionCache};
 
 /// Frames taken from one socket per batch.
 pub const BATCH: usize = 64;
@@ -640,19 +640,42 @@ struct WorkerContext {
 /// closures that use it).
 struct Io {
     core: u16,
-    cores: u16,
     xsk: Worker,
     ifindex: [u32; 2],
-    rings: Arc<Vec<HandoffRing>>,
+    handoffs: Handoffs,
     resolver: Sender<(u32, Ipv4Addr)>,
+    cache: ResolutionCache,
     counters: GatewayCounters,
 }
 
-impl Io {
+/// The hand-off rings of all ordered core pairs, seen from one core.
+struct Handoffs {
+    core: u16,
+    cores: u16,
+    rings: Arc<Vec<HandoffRing>>,
+}
+
+impl Handoffs {
     fn ring(&self, from: u16, to: u16) -> &HandoffRing {
         &self.rings[usize::from(from) * usize::from(self.cores) + usize::from(to)]
     }
 
+    /// Copies `bytes` into a recycled buffer on the ring to core `to`; `false` when it is full.
+    fn send(&self, to: u16, bytes: &[u8], ingress: Ingress) -> bool {
+        let ring = self.ring(self.core, to);
+        let mut buffer = ring.spare.pop().unwrap_or_default();
+        buffer.clear();
+        buffer.extend_from_slice(bytes);
+        ring.frames
+            .push(HandedOff {
+                ingress,
+                bytes: buffer,
+            })
+            .is_ok()
+    }
+}
+
+impl Io {
     /// Sends a processed frame out of `side`: next-hop MACs, window, TX.
     fn forward(
         &mut self,
@@ -666,7 +689,7 @@ impl Io {
             Side::Inside => 0,
             Side::Outside => 1,
         }];
-        match hops.resolve(ifindex, destination) {
+        match self.cache.resolve(hops, ifindex, destination) {
             Resolution::Resolved {
                 source,
                 destination: mac,
@@ -718,18 +741,7 @@ impl Io {
     }
 
     fn hand_off(&mut self, to: u16, bytes: &[u8], ingress: Ingress) {
-        let ring = &self.rings[usize::from(self.core) * usize::from(self.cores) + usize::from(to)];
-        let mut buffer = ring.spare.pop().unwrap_or_default();
-        buffer.clear();
-        buffer.extend_from_slice(bytes);
-        if ring
-            .frames
-            .push(HandedOff {
-                ingress,
-                bytes: buffer,
-            })
-            .is_err()
-        {
+        if !self.handoffs.send(to, bytes, ingress) {
             self.counters.handoff_ring_full += 1;
         }
     }
@@ -773,11 +785,11 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
 
     let mut io = Io {
         core,
-        cores,
         xsk,
         ifindex,
-        rings,
+        handoffs: Handoffs { core, cores, rings },
         resolver,
+        cache: ResolutionCache::default(),
         counters: GatewayCounters::default(),
     };
     let mut batch: Vec<FrameDesc> = Vec::with_capacity(BATCH);
@@ -813,7 +825,7 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
             if from == core {
                 continue;
             }
-            while let Some(handed) = io.ring(from, core).frames.pop() {
+            while let Some(handed) = io.handoffs.ring(from, core).frames.pop() {
                 work += 1;
                 io.counters.handoffs_received += 1;
                 process_copied(
@@ -825,7 +837,7 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
                     now,
                 );
                 // A full spare queue just frees the buffer.
-                let _ = io.ring(from, core).spare.push(handed.bytes);
+                let _ = io.handoffs.ring(from, core).spare.push(handed.bytes);
             }
         }
         for &(side, ingress) in sides {
@@ -889,8 +901,9 @@ fn process_frame(
             len,
         } => io.forward(hops, desc, side, destination, len),
         Verdict::Handoff { core } => {
-            let bytes = io.xsk.packet_mut(&desc).to_vec();
-            io.hand_off(core, &bytes, ingress);
+            if !io.handoffs.send(core, io.xsk.packet_mut(&desc), ingress) {
+                io.counters.handoff_ring_full += 1;
+            }
             io.xsk.recycle(desc);
         }
         Verdict::Drop(_) | Verdict::Stashed => io.xsk.recycle(desc),

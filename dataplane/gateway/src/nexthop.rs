@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipnet::Ipv4Net;
 
@@ -81,9 +82,14 @@ pub enum Resolution {
     Unresolved { ifindex: u32, next_hop: Ipv4Addr },
 }
 
+/// Distinguishes snapshots, so caches notice a new one.
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
 /// A consistent snapshot of routes, neighbours and links.
 #[derive(Debug, Clone, Default)]
 pub struct NextHops {
+    /// Unique per snapshot built by [`NextHops::new`].
+    version: u64,
     routes: HashMap<u32, PrefixTable>,
     neighbours: HashMap<(u32, Ipv4Addr), Mac>,
     links: HashMap<u32, Link>,
@@ -96,7 +102,10 @@ impl NextHops {
         neighbours: impl IntoIterator<Item = (u32, Ipv4Addr, Mac)>,
         links: impl IntoIterator<Item = Link>,
     ) -> Self {
-        let mut snapshot = Self::default();
+        let mut snapshot = Self {
+            version: NEXT_VERSION.fetch_add(1, Ordering::Relaxed),
+            ..Self::default()
+        };
         for route in routes {
             snapshot
                 .routes
@@ -110,6 +119,10 @@ impl NextHops {
             .collect();
         snapshot.links = links.into_iter().map(|link| (link.ifindex, link)).collect();
         snapshot
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn link(&self, ifindex: u32) -> Option<&Link> {
@@ -157,6 +170,63 @@ impl NextHops {
             },
             None => Resolution::Unresolved { ifindex, next_hop },
         }
+    }
+}
+
+/// Entries of a [`ResolutionCache`] (a power of two).
+const CACHE_ENTRIES: usize = 256;
+
+/// A worker's direct-mapped cache of resolved next hops, valid for one snapshot: most frames of a
+/// batch go to few destinations, and a hit costs one multiply instead of several hash lookups.
+#[derive(Debug)]
+pub struct ResolutionCache {
+    version: u64,
+    entries: Box<[Option<CachedResolution>]>,
+}
+
+/// (ifindex, destination, source MAC, destination MAC).
+type CachedResolution = (u32, Ipv4Addr, Mac, Mac);
+
+impl Default for ResolutionCache {
+    fn default() -> Self {
+        Self {
+            version: 0,
+            entries: vec![None; CACHE_ENTRIES].into_boxed_slice(),
+        }
+    }
+}
+
+impl ResolutionCache {
+    fn slot(ifindex: u32, destination: Ipv4Addr) -> usize {
+        let key = u64::from(u32::from(destination)) ^ (u64::from(ifindex) << 32);
+        // Fibonacci hashing: the top bits of the product are well mixed.
+        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize & (CACHE_ENTRIES - 1)
+    }
+
+    /// [`NextHops::resolve`], remembering resolved answers until `hops` is replaced.
+    pub fn resolve(&mut self, hops: &NextHops, ifindex: u32, destination: Ipv4Addr) -> Resolution {
+        if self.version != hops.version() {
+            self.entries.fill(None);
+            self.version = hops.version();
+        }
+        let slot = Self::slot(ifindex, destination);
+        if let Some((cached_ifindex, cached_destination, source, mac)) = self.entries[slot] {
+            if cached_ifindex == ifindex && cached_destination == destination {
+                return Resolution::Resolved {
+                    source,
+                    destination: mac,
+                };
+            }
+        }
+        let resolution = hops.resolve(ifindex, destination);
+        if let Resolution::Resolved {
+            source,
+            destination: mac,
+        } = resolution
+        {
+            self.entries[slot] = Some((ifindex, destination, source, mac));
+        }
+        resolution
     }
 }
 
@@ -300,6 +370,41 @@ mod tests {
         let hops = snapshot();
         assert_eq!(hops.link_by_name("gw-out").unwrap().ifindex, OUT);
         assert!(hops.link_by_name("eth0").is_none());
+    }
+
+    #[test]
+    fn cache_answers_like_the_snapshot_and_forgets_replaced_snapshots() {
+        let hops = snapshot();
+        let mut cache = ResolutionCache::default();
+        for _ in 0..2 {
+            for last in 0..=255u8 {
+                for ifindex in [IN, OUT] {
+                    let destination = Ipv4Addr::new(203, 0, 113, last);
+                    assert_eq!(
+                        cache.resolve(&hops, ifindex, destination),
+                        hops.resolve(ifindex, destination)
+                    );
+                }
+            }
+        }
+        let pod = Ipv4Addr::new(10, 244, 1, 10);
+        assert!(matches!(
+            cache.resolve(&hops, IN, pod),
+            Resolution::Resolved { .. }
+        ));
+        // The pod moved: a new snapshot without its neighbour entry must not hit the cache.
+        let moved = NextHops::new(
+            [route("10.244.0.0/16", None, IN, 0)],
+            [],
+            [hops.link(IN).unwrap().clone()],
+        );
+        assert_eq!(
+            cache.resolve(&moved, IN, pod),
+            Resolution::Unresolved {
+                ifindex: IN,
+                next_hop: pod
+            }
+        );
     }
 
     #[test]
