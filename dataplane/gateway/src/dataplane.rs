@@ -277,6 +277,22 @@ impl Dataplane {
             "interfaces"
         );
 
+        let mut served_links = vec![&inside];
+        if !config.one_armed() {
+            served_links.push(&outside);
+        }
+        for link in served_links {
+            if link.rx_queues > u32::from(config.workers) {
+                warn!(
+                    interface = %link.name,
+                    rx_queues = link.rx_queues,
+                    workers = config.workers,
+                    "the interface has more receive queues than workers: frames arriving on the \
+                     other queues go to the kernel untranslated; set `workers` to the queue count \
+                     or reduce the queues (ethtool -L)"
+                );
+            }
+        }
         let mut program = SteeringProgram::load()?;
         let specs = if config.one_armed() {
             vec![InterfaceSpec::new(

@@ -294,6 +294,7 @@ fn link_from(message: &LinkMessage) -> Link {
         name: String::new(),
         mac: [0; 6],
         mtu: 1500,
+        rx_queues: 1,
     };
     for attribute in &message.attributes {
         match attribute {
@@ -304,6 +305,7 @@ fn link_from(message: &LinkMessage) -> Link {
                 }
             }
             LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+            LinkAttribute::NumRxQueues(queues) => link.rx_queues = *queues,
             _ => {}
         }
     }

@@ -69,6 +69,8 @@ pub struct Link {
     pub name: String,
     pub mac: Mac,
     pub mtu: u32,
+    /// Receive queues (AF_XDP sockets bind per queue).
+    pub rx_queues: u32,
 }
 
 /// What forwarding a frame out of an interface needs.
@@ -288,12 +290,14 @@ mod tests {
                     name: "gw-in".into(),
                     mac: IN_MAC,
                     mtu: 1500,
+                    rx_queues: 1,
                 },
                 Link {
                     ifindex: OUT,
                     name: "gw-out".into(),
                     mac: OUT_MAC,
                     mtu: 1500,
+                    rx_queues: 1,
                 },
             ],
         )
