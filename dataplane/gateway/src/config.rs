@@ -17,7 +17,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use egw_engine::Filtering;
+use egw_engine::ports::PortPartition;
+use egw_engine::{EngineConfig, Filtering, Timeouts};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
@@ -99,6 +100,49 @@ pub struct ConntrackConfig {
     pub capacity_per_core: u32,
     #[serde(default)]
     pub udp_filtering: UdpFiltering,
+    /// SNAT source ports `[first, last]`, split between workers.
+    #[serde(default = "default_port_range")]
+    pub port_range: (u16, u16),
+    /// Idle timeouts in seconds; the RFC minimums are enforced.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+}
+
+fn default_port_range() -> (u16, u16) {
+    EngineConfig::default().port_range
+}
+
+/// Idle timeouts in seconds (defaults: the engine's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    pub tcp_established: u32,
+    pub tcp_transitory: u32,
+    pub udp: u32,
+    pub icmp: u32,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        let timeouts = Timeouts::default();
+        Self {
+            tcp_established: timeouts.tcp_established,
+            tcp_transitory: timeouts.tcp_transitory,
+            udp: timeouts.udp,
+            icmp: timeouts.icmp,
+        }
+    }
+}
+
+impl From<TimeoutsConfig> for Timeouts {
+    fn from(config: TimeoutsConfig) -> Self {
+        Timeouts {
+            tcp_established: config.tcp_established,
+            tcp_transitory: config.tcp_transitory,
+            udp: config.udp,
+            icmp: config.icmp,
+        }
+    }
 }
 
 fn default_flows_per_core() -> u32 {
@@ -110,6 +154,8 @@ impl Default for ConntrackConfig {
         Self {
             capacity_per_core: DEFAULT_FLOWS_PER_CORE,
             udp_filtering: UdpFiltering::default(),
+            port_range: default_port_range(),
+            timeouts: TimeoutsConfig::default(),
         }
     }
 }
@@ -417,6 +463,19 @@ impl GatewayConfig {
                 ),
             ));
         }
+        let (first, last) = self.conntrack.port_range;
+        if first == 0 || PortPartition::new(first, last, self.workers).is_none() {
+            return Err(invalid(
+                "conntrack.port_range",
+                format!(
+                    "[{first}, {last}] must be ascending, start above 0 and give each of the {} workers at least one port",
+                    self.workers
+                ),
+            ));
+        }
+        Timeouts::from(self.conntrack.timeouts)
+            .validate()
+            .map_err(|problem| invalid("conntrack.timeouts", problem))?;
         if let Some(mtu) = self.mtu {
             if !(68..=9000).contains(&mtu) {
                 return Err(invalid("mtu", format!("must be 68..=9000, got {mtu}")));
@@ -532,7 +591,7 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
     fn optional_fields_parse() {
         let config = parse(
             "inside_interface: eth0\ninside_address: 10.0.0.1\npod_cidrs: [10.1.0.0/16]\n\
-             conntrack: {capacity_per_core: 1000, udp_filtering: endpoint_independent}\n\
+             conntrack: {capacity_per_core: 1000, udp_filtering: endpoint_independent, port_range: [2000, 2999], timeouts: {udp: 600}}\n\
              mtu: 9000\nlog_format: json\ncpus: [3]\nxdp: {frame_count: 8192, ring_size: 2048, zero_copy: false}\n",
         )
         .unwrap();
@@ -542,6 +601,12 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
         assert_eq!(
             Filtering::from(config.conntrack.udp_filtering),
             Filtering::EndpointIndependent
+        );
+        assert_eq!(config.conntrack.port_range, (2000, 2999));
+        assert_eq!(config.conntrack.timeouts.udp, 600);
+        assert_eq!(
+            config.conntrack.timeouts.tcp_established,
+            Timeouts::default().tcp_established
         );
         assert_eq!(config.mtu, Some(9000));
         assert_eq!(config.log_format, LogFormat::Json);
@@ -591,6 +656,24 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
             let text = LAB_FILE.replacen(from, to, 1);
             assert_ne!(text, LAB_FILE, "case {field} did not change the file");
             let error = parse(&text).unwrap_err();
+            assert!(
+                matches!(&error, ConfigError::Invalid { field: f, .. } if *f == field),
+                "{field}: {error}"
+            );
+        }
+        for (extra, field) in [
+            (
+                "conntrack: {port_range: [3000, 2000]}",
+                "conntrack.port_range",
+            ),
+            ("conntrack: {port_range: [0, 2000]}", "conntrack.port_range"),
+            ("conntrack: {timeouts: {udp: 10}}", "conntrack.timeouts"),
+            (
+                "conntrack: {capacity_per_core: 0}",
+                "conntrack.capacity_per_core",
+            ),
+        ] {
+            let error = parse(&format!("{LAB_FILE}{extra}\n")).unwrap_err();
             assert!(
                 matches!(&error, ConfigError::Invalid { field: f, .. } if *f == field),
                 "{field}: {error}"

@@ -404,6 +404,8 @@ impl Dataplane {
                 cores,
                 flow_capacity: config.conntrack.capacity_per_core,
                 udp_filtering: config.conntrack.udp_filtering.into(),
+                port_range: config.conntrack.port_range,
+                timeouts: config.conntrack.timeouts.into(),
                 inside_address: config.inside_address,
                 inside_mtu,
                 outside_mtu,
