@@ -9,6 +9,7 @@
 //! Needs root (namespaces, XDP). All traffic stays inside the test's own namespaces, which an RAII
 //! guard deletes even when the test panics; the gateway process is stopped by another guard.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -25,6 +26,8 @@ const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const ECHO_PORT: u16 = 7777;
+/// Pod UDP endpoints, each its own flow.
+const CLIENTS: usize = 8;
 
 fn run(args: &[&str]) -> String {
     let output = Command::new(args[0])
@@ -61,12 +64,50 @@ impl TestNet {
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
         run(&[
-            "ip", "-n", gw, "link", "add", "gw-in", "type", "veth", "peer", "name", "pod0",
-            "netns", pod,
+            "ip",
+            "-n",
+            gw,
+            "link",
+            "add",
+            "gw-in",
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "pod0",
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "netns",
+            pod,
         ]);
         run(&[
-            "ip", "-n", gw, "link", "add", "gw-out", "type", "veth", "peer", "name", "inet0",
-            "netns", inet,
+            "ip",
+            "-n",
+            gw,
+            "link",
+            "add",
+            "gw-out",
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "inet0",
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "netns",
+            inet,
         ]);
         run(&[
             "ip",
@@ -357,7 +398,7 @@ fn pod_udp_is_snatted_and_the_reply_comes_back() {
              inside_address: 10.244.0.1\n\
              pod_cidrs: [10.244.0.0/16]\n\
              snat_addresses: [198.51.100.1]\n\
-             workers: 1\n\
+             workers: 2\n\
              control: {{ unix_socket: {} }}\n\
              route_table_file: {}\n\
              xdp: {{ frame_count: 2048, ring_size: 512 }}\n",
@@ -403,25 +444,33 @@ fn pod_udp_is_snatted_and_the_reply_comes_back() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // The first datagrams may be dropped while the gateway resolves next hops; retry, bounded.
-    let reply = {
+    // Several pod endpoints, so that with two workers (two queues) some frames reach a worker that
+    // does not own their flow and are handed off. The first datagrams may be dropped while the
+    // gateway resolves next hops; retry, bounded.
+    let replies = {
         let ns = net.pod.clone();
         std::thread::spawn(move || {
             enter_netns(&ns);
-            let socket = UdpSocket::bind((POD, 0)).unwrap();
-            socket
-                .set_read_timeout(Some(Duration::from_millis(250)))
-                .unwrap();
             let mut buffer = [0u8; 1500];
-            for attempt in 0..40 {
-                socket
-                    .send_to(format!("hello {attempt}").as_bytes(), (REMOTE, ECHO_PORT))
-                    .unwrap();
-                if let Ok((len, from)) = socket.recv_from(&mut buffer) {
-                    return Some((String::from_utf8_lossy(&buffer[..len]).into_owned(), from));
-                }
-            }
-            None
+            (0..CLIENTS)
+                .map(|client| {
+                    let socket = UdpSocket::bind((POD, 0)).unwrap();
+                    socket
+                        .set_read_timeout(Some(Duration::from_millis(250)))
+                        .unwrap();
+                    (0..40).find_map(|attempt| {
+                        socket
+                            .send_to(
+                                format!("hello {client} {attempt}").as_bytes(),
+                                (REMOTE, ECHO_PORT),
+                            )
+                            .unwrap();
+                        let (len, from) = socket.recv_from(&mut buffer).ok()?;
+                        let seen = String::from_utf8_lossy(&buffer[..len]).into_owned();
+                        Some((seen, from))
+                    })
+                })
+                .collect::<Vec<_>>()
         })
         .join()
         .unwrap()
@@ -429,15 +478,22 @@ fn pod_udp_is_snatted_and_the_reply_comes_back() {
     stop_echo.store(true, Ordering::Relaxed);
     echo.join().unwrap();
     gateway.assert_running();
-    let (seen, from) =
-        reply.unwrap_or_else(|| panic!("no reply reached the pod:\n{}", gateway.log()));
-    let seen: SocketAddr = seen.parse().unwrap();
-    assert_eq!(seen.ip(), EXTERNAL, "the remote saw the pod untranslated");
-    assert_eq!(
-        from,
-        SocketAddr::from((REMOTE, ECHO_PORT)),
-        "reply not translated back"
-    );
+    let mut seen_ports = BTreeSet::new();
+    for (client, reply) in replies.into_iter().enumerate() {
+        let (seen, from) = reply
+            .unwrap_or_else(|| panic!("no reply reached pod client {client}:\n{}", gateway.log()));
+        let seen: SocketAddr = seen.parse().unwrap();
+        assert_eq!(seen.ip(), EXTERNAL, "the remote saw the pod untranslated");
+        assert_eq!(
+            from,
+            SocketAddr::from((REMOTE, ECHO_PORT)),
+            "reply not translated back"
+        );
+        assert!(
+            seen_ports.insert(seen.port()),
+            "two pod endpoints share {seen}"
+        );
+    }
 
     // Counters are published every 100 ms.
     std::thread::sleep(Duration::from_millis(300));
@@ -450,25 +506,37 @@ fn pod_udp_is_snatted_and_the_reply_comes_back() {
     let (status, flows) = (&results.status, &results.flows);
     assert_eq!(status.generation, 1);
     assert_eq!(status.interfaces.len(), 2, "{status:?}");
-    let core = &status.cores[0];
-    assert!(core.rx_packets >= 2, "{core:?}");
-    assert!(core.tx_packets >= 2, "{core:?}");
-    assert!(core.flows_created >= 1, "{core:?}");
+    assert_eq!(status.cores.len(), 2, "{status:?}");
+    assert_eq!(status.conntrack.len(), 2, "{status:?}");
+    let rx: u64 = status.cores.iter().map(|core| core.rx_packets).sum();
+    let tx: u64 = status.cores.iter().map(|core| core.tx_packets).sum();
+    let created: u64 = status.cores.iter().map(|core| core.flows_created).sum();
+    assert!(rx >= 2 * CLIENTS as u64, "{status:?}");
+    assert!(tx >= 2 * CLIENTS as u64, "{status:?}");
+    assert_eq!(created, CLIENTS as u64, "{status:?}");
+    let tracked: u64 = status.conntrack.iter().map(|core| core.used).sum();
+    assert_eq!(tracked, CLIENTS as u64, "{status:?}");
     let external = status
         .external_ips
         .iter()
         .find(|ip| ip.ip == EXTERNAL.to_string())
         .unwrap_or_else(|| panic!("{status:?}"));
     assert_eq!(external.pool, "pool-a");
-    assert!(external.udp.as_ref().unwrap().used >= 1, "{external:?}");
-    let flow = flows
-        .flows
-        .iter()
-        .find(|flow| flow.remote_port == u32::from(ECHO_PORT))
-        .unwrap_or_else(|| panic!("{flows:?}"));
-    assert_eq!(flow.external_ip, EXTERNAL.to_string());
-    assert_eq!(u16::try_from(flow.external_port).unwrap(), seen.port());
-    assert_eq!(flow.state, v1::FlowState::Established as i32);
+    assert_eq!(
+        external.udp.as_ref().unwrap().used,
+        CLIENTS as u64,
+        "{external:?}"
+    );
+    assert_eq!(flows.flows.len(), CLIENTS, "{flows:?}");
+    for flow in &flows.flows {
+        assert_eq!(flow.remote_port, u32::from(ECHO_PORT), "{flow:?}");
+        assert_eq!(flow.external_ip, EXTERNAL.to_string());
+        assert!(
+            seen_ports.contains(&u16::try_from(flow.external_port).unwrap()),
+            "{flow:?} not among {seen_ports:?}"
+        );
+        assert_eq!(flow.state, v1::FlowState::Established as i32);
+    }
 
     assert_eq!(results.invalid_apply.code(), tonic::Code::InvalidArgument);
     assert!(
@@ -490,10 +558,13 @@ fn pod_udp_is_snatted_and_the_reply_comes_back() {
     assert_eq!(results.unknown_drain.code(), tonic::Code::NotFound);
     let log = gateway.log();
     assert!(log.contains("route table applied"), "{log}");
-    assert!(
-        log.contains("worker pinned") || log.contains("runs unpinned"),
-        "{log}"
-    );
+    let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
+    let expected = if cpus >= 2 {
+        "worker pinned"
+    } else {
+        "runs unpinned"
+    };
+    assert!(log.contains(expected), "{log}");
 
     let exit = gateway.stop();
     assert!(
