@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::config::GatewayConfig;
 use crate::convert;
-use crate::netlink::{MonitorCounters, Netlink, NetlinkError, NextHopMonitor};
+use crate::netlink::{AddressListener, MonitorCounters, Netlink, NetlinkError, NextHopMonitor};
 use crate::nexthop::{format_mac, rewrite_macs, NextHops, Resolution, ResolutionCache};
 
 /// Frames taken from one socket per batch.
@@ -198,7 +198,7 @@ pub struct Dataplane {
     shared: Arc<Shared>,
     commands: Vec<Sender<Command>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    program: Mutex<SteeringProgram>,
+    program: Arc<Mutex<SteeringProgram>>,
     monitor: NextHopMonitor,
     interfaces: Vec<InterfaceStatus>,
     initial_table: Option<v1::RouteTable>,
@@ -314,7 +314,27 @@ impl Dataplane {
         program.set_snat_addrs(&steered_addresses(&config, &table, &[]))?;
         program.set_local_addrs(&local_addresses)?;
 
-        let monitor = NextHopMonitor::start(vec![inside.ifindex, outside.ifindex])?;
+        let program = Arc::new(Mutex::new(program));
+        let address_listener: AddressListener = {
+            let program = Arc::clone(&program);
+            let mut current = local_addresses.clone();
+            Box::new(move |addresses: &[Ipv4Addr]| {
+                if addresses == current.as_slice() {
+                    return;
+                }
+                match lock(&program).set_local_addrs(addresses) {
+                    Ok(()) => {
+                        info!(local_addresses = ?addresses, "gateway addresses changed");
+                        current = addresses.to_vec();
+                    }
+                    Err(error) => warn!(%error, "updating the XDP local-address map failed"),
+                }
+            })
+        };
+        let monitor = NextHopMonitor::start(
+            vec![inside.ifindex, outside.ifindex],
+            Some(address_listener),
+        )?;
         let cores = config.workers;
         let shared = Arc::new(Shared {
             table_version: AtomicU64::new(1),
@@ -347,7 +367,7 @@ impl Dataplane {
             shared: Arc::clone(&shared),
             commands: Vec::new(),
             threads: Mutex::new(Vec::new()),
-            program: Mutex::new(program),
+            program,
             monitor,
             interfaces: Vec::new(),
             initial_table: initial_wire,

@@ -433,18 +433,28 @@ pub struct NextHopMonitor {
 
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
 
 impl NextHopMonitor {
     /// Dumps the kernel state and starts the monitor thread, with sockets of the calling thread's
     /// network namespace.
     /// `interfaces` are the gateway's interface indexes, whose STALE neighbours are re-probed.
-    pub fn start(interfaces: Vec<u32>) -> Result<Self, NetlinkError> {
+    /// `on_addresses` hears about address changes (e.g. to keep XDP's local-address map current).
+    pub fn start(
+        interfaces: Vec<u32>,
+        on_addresses: Option<AddressListener>,
+    ) -> Result<Self, NetlinkError> {
         let mut requests = Netlink::open()?;
         let events = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Open)?;
         let mut events = events;
         events.bind_auto().map_err(NetlinkError::Open)?;
-        for group in [RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE] {
+        for group in [
+            RTNLGRP_LINK,
+            RTNLGRP_NEIGH,
+            RTNLGRP_IPV4_IFADDR,
+            RTNLGRP_IPV4_ROUTE,
+        ] {
             events
                 .add_membership(group)
                 .map_err(io_error("subscribing to notifications"))?;
@@ -466,20 +476,17 @@ impl NextHopMonitor {
         let thread = std::thread::Builder::new()
             .name("egw-nexthops".into())
             .spawn({
-                let snapshot = Arc::clone(&snapshot);
-                let counters = Arc::clone(&counters);
-                let stop = Arc::clone(&stop);
-                move || {
-                    monitor(
-                        requests,
-                        events,
-                        resolve_requests,
-                        snapshot,
-                        counters,
-                        stop,
-                        interfaces,
-                    )
-                }
+                let state = Monitor {
+                    requests,
+                    events,
+                    resolve_requests,
+                    snapshot: Arc::clone(&snapshot),
+                    counters: Arc::clone(&counters),
+                    stop: Arc::clone(&stop),
+                    interfaces,
+                    on_addresses,
+                };
+                move || monitor(state)
             })
             .map_err(io_error("starting the monitor thread"))?;
         Ok(Self {
@@ -517,15 +524,56 @@ impl Drop for NextHopMonitor {
     }
 }
 
-fn monitor(
-    mut requests: Netlink,
+/// Called with every IPv4 address of the namespace whenever the set changes.
+pub type AddressListener = Box<dyn FnMut(&[Ipv4Addr]) + Send>;
+
+/// What the monitor thread owns.
+struct Monitor {
+    requests: Netlink,
     events: Socket,
     resolve_requests: Receiver<(u32, Ipv4Addr)>,
     snapshot: Arc<ArcSwap<NextHops>>,
     counters: Arc<MonitorCounters>,
     stop: Arc<AtomicBool>,
     interfaces: Vec<u32>,
-) {
+    on_addresses: Option<AddressListener>,
+}
+
+/// Which kinds of kernel state a batch of notifications touched: (next hops, addresses).
+fn classify_notifications(bytes: &[u8]) -> (bool, bool) {
+    let (mut hops, mut addresses) = (false, false);
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let Ok(message) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[offset..])
+        else {
+            return (true, true);
+        };
+        match message.payload {
+            NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_),
+            ) => addresses = true,
+            _ => hops = true,
+        }
+        let length = message.header.length as usize;
+        if length == 0 {
+            break;
+        }
+        offset += length;
+    }
+    (hops, addresses)
+}
+
+fn monitor(state: Monitor) {
+    let Monitor {
+        mut requests,
+        events,
+        resolve_requests,
+        snapshot,
+        counters,
+        stop,
+        interfaces,
+        mut on_addresses,
+    } = state;
     let mut last_stale_refresh = Instant::now();
     let mut buffer = vec![0u8; 1 << 16];
     let mut recently_requested: HashMap<(u32, Ipv4Addr), Instant> = HashMap::new();
@@ -583,18 +631,33 @@ fn monitor(
                 Err(error) => debug!(%error, "listing stale neighbours failed"),
             }
         }
-        let mut changed = false;
+        let (mut changed, mut addresses_changed) = (false, false);
         loop {
             match events.recv(&mut &mut buffer[..], 0) {
                 Ok(0) => break,
-                Ok(_) => changed = true,
+                Ok(size) => {
+                    let (hops, addresses) = classify_notifications(&buffer[..size]);
+                    changed |= hops;
+                    addresses_changed |= addresses;
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) => {
                     // ENOBUFS: notifications were lost; a full dump catches up.
                     debug!(%error, "netlink notification socket overrun");
                     changed = true;
+                    addresses_changed = true;
                     break;
                 }
+            }
+        }
+        if let (true, Some(listener)) = (addresses_changed, on_addresses.as_mut()) {
+            match requests.addresses() {
+                Ok(addresses) => {
+                    let addresses: Vec<Ipv4Addr> =
+                        addresses.into_iter().map(|(_, address)| address).collect();
+                    listener(&addresses);
+                }
+                Err(error) => warn!(%error, "re-reading the interface addresses failed"),
             }
         }
         if changed {
@@ -608,5 +671,126 @@ fn monitor(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::route::RouteNextHop;
+
+    fn bytes(message: RouteNetlinkMessage) -> Vec<u8> {
+        let mut packet =
+            NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(message));
+        packet.finalize();
+        let mut bytes = vec![0; packet.buffer_len()];
+        packet.serialize(&mut bytes);
+        bytes
+    }
+
+    fn route_message(table: u8, kind: RouteType, attributes: Vec<RouteAttribute>) -> RouteMessage {
+        let mut message = RouteMessage::default();
+        message.header.address_family = AddressFamily::Inet;
+        message.header.destination_prefix_length = 24;
+        message.header.table = table;
+        message.header.kind = kind;
+        message.attributes = attributes;
+        message
+    }
+
+    #[test]
+    fn main_table_unicast_routes_are_read_with_their_next_hops() {
+        let destination =
+            RouteAttribute::Destination(RouteAddress::Inet(Ipv4Addr::new(192, 0, 2, 0)));
+        let message = route_message(
+            RouteHeader::RT_TABLE_MAIN,
+            RouteType::Unicast,
+            vec![
+                destination.clone(),
+                RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(203, 0, 113, 254))),
+                RouteAttribute::Oif(3),
+                RouteAttribute::Priority(20),
+            ],
+        );
+        assert_eq!(
+            routes_from(&message),
+            vec![Route {
+                destination: "192.0.2.0/24".parse().unwrap(),
+                gateway: Some(Ipv4Addr::new(203, 0, 113, 254)),
+                ifindex: 3,
+                metric: 20,
+            }]
+        );
+        let local = route_message(
+            255,
+            RouteType::Local,
+            vec![destination.clone(), RouteAttribute::Oif(3)],
+        );
+        assert!(routes_from(&local).is_empty());
+        let other_table = route_message(
+            100,
+            RouteType::Unicast,
+            vec![destination.clone(), RouteAttribute::Oif(3)],
+        );
+        assert!(routes_from(&other_table).is_empty());
+
+        let mut hop = RouteNextHop::default();
+        hop.interface_index = 4;
+        hop.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(
+            10, 0, 0, 1,
+        )))];
+        let multipath = route_message(
+            RouteHeader::RT_TABLE_MAIN,
+            RouteType::Unicast,
+            vec![destination, RouteAttribute::MultiPath(vec![hop])],
+        );
+        let routes = routes_from(&multipath);
+        assert_eq!(routes.len(), 1);
+        assert_eq!(
+            (routes[0].ifindex, routes[0].gateway),
+            (4, Some(Ipv4Addr::new(10, 0, 0, 1)))
+        );
+    }
+
+    #[test]
+    fn only_usable_neighbours_are_kept() {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.ifindex = 2;
+        message.header.state = NeighbourState::Reachable;
+        message.attributes = vec![
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::new(10, 244, 1, 10))),
+            NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 9]),
+        ];
+        assert_eq!(
+            neighbour_from(&message),
+            Some((2, Ipv4Addr::new(10, 244, 1, 10), [2, 0, 0, 0, 0, 9]))
+        );
+        message.header.state = NeighbourState::Incomplete;
+        assert_eq!(neighbour_from(&message), None);
+        message.header.state = NeighbourState::Failed;
+        assert_eq!(neighbour_from(&message), None);
+        message.header.state = NeighbourState::Stale;
+        message.attributes.pop();
+        assert_eq!(neighbour_from(&message), None, "no link-layer address");
+    }
+
+    #[test]
+    fn notifications_are_classified() {
+        let mut address = AddressMessage::default();
+        address.header.family = AddressFamily::Inet;
+        let address = bytes(RouteNetlinkMessage::NewAddress(address));
+        let mut neighbour = NeighbourMessage::default();
+        neighbour.header.family = AddressFamily::Inet;
+        let neighbour = bytes(RouteNetlinkMessage::NewNeighbour(neighbour));
+        assert_eq!(classify_notifications(&address), (false, true));
+        assert_eq!(classify_notifications(&neighbour), (true, false));
+        let both: Vec<u8> = address.iter().chain(&neighbour).copied().collect();
+        assert_eq!(classify_notifications(&both), (true, true));
+        assert_eq!(
+            classify_notifications(&[1, 2, 3]),
+            (true, true),
+            "undecodable: refresh all"
+        );
     }
 }

@@ -566,6 +566,28 @@ fn pod_udp_is_snatted_and_the_reply_comes_back() {
     };
     assert!(log.contains(expected), "{log}");
 
+    // A new gateway address reaches the XDP local-address map (pod traffic to it goes to the kernel).
+    run(&[
+        "ip",
+        "-n",
+        &net.gw,
+        "addr",
+        "add",
+        "10.244.0.2/32",
+        "dev",
+        "gw-in",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gateway.log().contains("gateway addresses changed") {
+        assert!(
+            Instant::now() < deadline,
+            "address change not noticed:\n{}",
+            gateway.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gateway.log().contains("10.244.0.2"), "{}", gateway.log());
+
     let exit = gateway.stop();
     assert!(
         exit.is_some_and(|status| status.success()),
