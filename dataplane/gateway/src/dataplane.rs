@@ -610,6 +610,16 @@ impl Dataplane {
         self.clock.elapsed()
     }
 
+    /// The first worker that ended without being told to stop (it panicked), if any.
+    pub fn failed_worker(&self) -> Option<usize> {
+        if self.shared.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        lock(&self.threads)
+            .iter()
+            .position(|thread| thread.is_finished())
+    }
+
     /// Stops the workers and detaches XDP; later calls do nothing.
     pub fn stop(&self) {
         let threads: Vec<JoinHandle<()>> = lock(&self.threads).drain(..).collect();

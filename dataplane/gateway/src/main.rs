@@ -15,6 +15,8 @@ use tracing::{error, info, warn};
 
 /// How long in-flight control requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often `main` checks that every dataplane worker is still running.
+const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The egw AF_XDP egress NAT gateway.
 #[derive(Debug, Parser)]
@@ -80,13 +82,26 @@ fn run(args: Args) -> anyhow::Result<()> {
             let _ = stop_receiver.wait_for(|stop| *stop).await;
         });
         tokio::pin!(server);
+        let watchdog = async {
+            let mut interval = tokio::time::interval(WATCHDOG_INTERVAL);
+            loop {
+                interval.tick().await;
+                if let Some(worker) = dataplane.failed_worker() {
+                    return worker;
+                }
+            }
+        };
         tokio::select! {
-            result = &mut server => result,
+            result = &mut server => result.context("control server"),
+            worker = watchdog => {
+                let _ = stop_sender.send(true);
+                Err(anyhow::anyhow!("dataplane worker {worker} stopped unexpectedly"))
+            }
             () = shutdown_signal() => {
                 let _ = stop_sender.send(true);
                 // Clients that never close their connections must not hold the shutdown up.
                 match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-                    Ok(result) => result,
+                    Ok(result) => result.context("control server"),
                     Err(_) => {
                         warn!(grace = ?SHUTDOWN_GRACE, "control connections still open; closing them");
                         Ok(())
@@ -97,7 +112,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     });
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     dataplane.stop();
-    served.context("control server")?;
+    served?;
     info!("egw-gateway stopped");
     Ok(())
 }
