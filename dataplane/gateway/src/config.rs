@@ -292,7 +292,7 @@ pub struct GatewayConfig {
     /// Dataplane workers: one per AF_XDP queue (queues 0..workers), each pinned to a CPU.
     #[serde(default = "default_workers")]
     pub workers: u16,
-    /// CPUs to pin workers to (worker i → cpus[i]); default: CPU i.
+    /// CPUs to pin workers to (worker `i` → `cpus[i]`); default: CPU `i`.
     #[serde(default)]
     pub cpus: Option<Vec<usize>>,
     #[serde(default)]
