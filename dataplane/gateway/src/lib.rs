@@ -13,7 +13,8 @@
 //! root or with `CAP_BPF`, `CAP_NET_ADMIN` and `CAP_NET_RAW`, in the
 //! network namespace of its interfaces. It attaches the XDP steering program (native mode, else
 //! generic), opens one AF_XDP socket per interface and worker on queues `0..workers`, and serves
-//! `egw.v1.Gateway` on the control socket. SIGTERM or SIGINT stops it cleanly and detaches XDP;
+//! `egw.v1.Gateway` on the control socket. SIGHUP re-reads `route_table_file` and applies it through
+//! the control socket ([`reload`]). SIGTERM or SIGINT stops it cleanly and detaches XDP;
 //! any startup failure exits with status 1 and one readable line on stderr.
 //!
 //! Peers on veth links must send complete checksums (`ethtool -K DEV tx off`): AF_XDP sees frames
@@ -35,3 +36,4 @@ pub mod convert;
 pub mod dataplane;
 pub mod netlink;
 pub mod nexthop;
+pub mod reload;

@@ -11,6 +11,7 @@ use egw_gateway::backend::GatewayBackend;
 use egw_gateway::config::{GatewayConfig, LogFormat, Overrides};
 use egw_gateway::control;
 use egw_gateway::dataplane::Dataplane;
+use egw_gateway::reload;
 use tracing::{error, info, warn};
 
 /// How long in-flight control requests may take to finish after a shutdown signal.
@@ -32,8 +33,11 @@ struct Args {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for people: files and log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -73,6 +77,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         .thread_name("egw-control")
         .build()
         .context("starting the async runtime")?;
+    let table_file = config.route_table_file.clone();
+    let control_socket = config.control.unix_socket.clone();
     let dataplane = Arc::new(Dataplane::start(config).context("starting the dataplane")?);
     let backend = Arc::new(GatewayBackend::new(Arc::clone(&dataplane)));
     let served = runtime.block_on(async {
@@ -91,8 +97,33 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         };
+        let reloads = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hangups = match signal(SignalKind::hangup()) {
+                Ok(hangups) => hangups,
+                Err(error) => {
+                    error!(%error, "installing the SIGHUP handler failed; reloads are disabled");
+                    return std::future::pending().await;
+                }
+            };
+            while hangups.recv().await.is_some() {
+                match reload::reload(table_file.as_deref(), control_socket.as_deref()).await {
+                    Ok(reply) => info!(
+                        generation = reply.generation,
+                        unchanged = reply.unchanged,
+                        "route table file reloaded (SIGHUP)"
+                    ),
+                    Err(error) => error!(
+                        error = %format!("{:#}", anyhow::Error::from(error)),
+                        "route table reload (SIGHUP) failed; the served table is unchanged"
+                    ),
+                }
+            }
+            std::future::pending().await
+        };
         tokio::select! {
             result = &mut server => result.context("control server"),
+            () = reloads => Ok(()),
             worker = watchdog => {
                 let _ = stop_sender.send(true);
                 Err(anyhow::anyhow!("dataplane worker {worker} stopped unexpectedly"))

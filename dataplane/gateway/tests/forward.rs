@@ -262,6 +262,24 @@ impl Gateway {
         }
     }
 
+    fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("gateway running");
+        run(&["kill", &format!("-{name}"), &child.id().to_string()]);
+    }
+
+    /// Waits (bounded) until the log contains `text`.
+    fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "log never said {text:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, then waits (bounded) for the exit status.
     fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
@@ -577,16 +595,20 @@ fn pod_udp_is_snatted_and_the_reply_comes_back() {
         "dev",
         "gw-in",
     ]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !gateway.log().contains("gateway addresses changed") {
-        assert!(
-            Instant::now() < deadline,
-            "address change not noticed:\n{}",
-            gateway.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    gateway.wait_for_log("gateway addresses changed");
     assert!(gateway.log().contains("10.244.0.2"), "{}", gateway.log());
+
+    // SIGHUP re-reads the route table file (generation 3 here) and applies it.
+    std::fs::write(
+        &table,
+        std::fs::read_to_string(&table)
+            .unwrap()
+            .replace("generation: 1", "generation: 3"),
+    )
+    .unwrap();
+    gateway.signal("HUP");
+    gateway.wait_for_log("route table file reloaded");
+    gateway.wait_for_log("route table applied generation=3");
 
     let exit = gateway.stop();
     assert!(
