@@ -849,7 +849,10 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
             (xsk::Side::Outside, Ingress::Outside),
         ]
     };
-    let mut last_publish = Instant::now() - PUBLISH_INTERVAL;
+    // Publish at the first opportunity.
+    let mut last_publish = Instant::now()
+        .checked_sub(PUBLISH_INTERVAL)
+        .unwrap_or_else(Instant::now);
     while !shared.stop.load(Ordering::Relaxed) {
         let version = shared.table_version.load(Ordering::Acquire);
         if version != table_version {
@@ -873,7 +876,11 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
             if from == core {
                 continue;
             }
-            while let Some(handed) = io.handoffs.ring(from, core).frames.pop() {
+            // Bounded per source, so a flooding core cannot starve this core's own queues.
+            for _ in 0..BATCH {
+                let Some(handed) = io.handoffs.ring(from, core).frames.pop() else {
+                    break;
+                };
                 work += 1;
                 io.counters.handoffs_received += 1;
                 process_copied(
