@@ -2,7 +2,7 @@
 //!
 //! ```yaml
 //! inside_interface: gw-in
-//! outside_interface: gw-out        # omitted → one-armed on inside_interface
+//! outside_interface: gw-out        # omitted or = inside_interface → one-armed
 //! inside_address: 10.244.0.1       # source of ICMP errors to pods
 //! pod_cidrs: [10.244.0.0/16]
 //! snat_addresses: [198.51.100.1]   # steered by XDP in addition to the route table's pools
@@ -358,6 +358,7 @@ impl GatewayConfig {
         })?;
         let mut config = Self::from_yaml(&text, path)?;
         config.apply(overrides);
+        config.normalize();
         config.validate()?;
         Ok(config)
     }
@@ -386,19 +387,18 @@ impl GatewayConfig {
         }
     }
 
+    /// An outside interface equal to the inside one means one-armed, as when it is omitted.
+    pub fn normalize(&mut self) {
+        if self.outside_interface.as_deref() == Some(self.inside_interface.as_str()) {
+            self.outside_interface = None;
+        }
+    }
+
     /// Checks what the types alone do not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_interface_name("inside_interface", &self.inside_interface)?;
         if let Some(outside) = &self.outside_interface {
             check_interface_name("outside_interface", outside)?;
-            if *outside == self.inside_interface {
-                return Err(invalid(
-                    "outside_interface",
-                    format!(
-                        "`{outside}` is also the inside interface; omit outside_interface for one-armed mode"
-                    ),
-                ));
-            }
         }
         if self.inside_address.is_unspecified() || self.inside_address.is_broadcast() {
             return Err(invalid(
@@ -547,7 +547,8 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
 "#;
 
     fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
-        let config = GatewayConfig::from_yaml(text, Path::new("test.yaml"))?;
+        let mut config = GatewayConfig::from_yaml(text, Path::new("test.yaml"))?;
+        config.normalize();
         config.validate()?;
         Ok(config)
     }
@@ -642,7 +643,7 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
     fn invalid_values_name_their_field() {
         let cases = [
             ("workers: 1", "workers: 0", "workers"),
-            ("gw-out ", "gw-in ", "outside_interface"),
+            ("gw-out ", "gw/out ", "outside_interface"),
             ("[10.244.0.0/16]", "[10.244.0.1/16]", "pod_cidrs"),
             ("[10.244.0.0/16]", "[]", "pod_cidrs"),
             ("198.51.100.2]", "255.255.255.255]", "snat_addresses"),
@@ -682,6 +683,13 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
         let error = parse(&LAB_FILE.replacen("10.244.0.1 ", "10.244.0.300 ", 1)).unwrap_err();
         assert!(matches!(error, ConfigError::Parse { .. }), "{error}");
         assert!(parse("inside_interface: gw-in\n").is_err());
+    }
+
+    #[test]
+    fn outside_equal_to_inside_means_one_armed() {
+        let config = parse(&LAB_FILE.replacen("gw-out ", "gw-in ", 1)).unwrap();
+        assert!(config.one_armed());
+        assert_eq!(config.outside_interface_name(), "gw-in");
     }
 
     #[test]
