@@ -1030,3 +1030,56 @@ pub fn wire_xdp_mode(mode: AttachMode) -> v1::XdpMode {
         AttachMode::Generic => v1::XdpMode::Generic,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egw_engine::route::{ActionSpec, PoolSpec};
+    use egw_engine::RouteTableSpec;
+
+    fn config() -> GatewayConfig {
+        GatewayConfig::from_yaml(
+            "inside_interface: gw-in\ninside_address: 10.244.0.1\npod_cidrs: [10.244.0.0/16]\n\
+             snat_addresses: [198.51.100.9, 198.51.100.1]\n",
+            std::path::Path::new("test.yaml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn steered_addresses_join_config_table_and_addresses_in_use() {
+        let table = RouteTable::compile(RouteTableSpec {
+            generation: 1,
+            pools: vec![PoolSpec {
+                name: "a".into(),
+                addresses: vec![
+                    Ipv4Addr::new(198, 51, 100, 1),
+                    Ipv4Addr::new(198, 51, 100, 2),
+                ],
+                pairing: true,
+            }],
+            policies: vec![],
+            sources: vec![],
+            default_action: ActionSpec::Deny {
+                reason: "none".into(),
+            },
+        })
+        .unwrap();
+        let in_use = [Ipv4Addr::new(198, 51, 100, 7)];
+        assert_eq!(
+            steered_addresses(&config(), &table, &in_use),
+            [1, 2, 7, 9].map(|last| Ipv4Addr::new(198, 51, 100, last))
+        );
+    }
+
+    #[test]
+    fn core_snapshot_reports_every_gateway_drop_reason() {
+        let wire = CoreSnapshot::default().to_wire();
+        for (name, _) in GatewayCounters::default().drops() {
+            assert_eq!(wire.drops.get(name), Some(&0), "{name}");
+        }
+        for reason in egw_engine::DropReason::ALL {
+            assert_eq!(wire.drops.get(reason.name()), Some(&0), "{reason}");
+        }
+    }
+}
