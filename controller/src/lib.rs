@@ -12,9 +12,13 @@
 pub mod annotations;
 pub mod crd;
 pub mod crdgen;
+pub mod endpoint;
 pub mod input;
 pub mod local;
+pub mod metrics;
 pub mod print;
+pub mod push;
 pub mod selector;
 pub mod status;
 pub mod translate;
+pub mod wire;
