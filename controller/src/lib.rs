@@ -15,6 +15,7 @@ pub mod crdgen;
 pub mod endpoint;
 pub mod input;
 pub mod local;
+pub mod local_run;
 pub mod metrics;
 pub mod print;
 pub mod push;
@@ -22,3 +23,15 @@ pub mod selector;
 pub mod status;
 pub mod translate;
 pub mod wire;
+
+/// An error and its sources, `: `-separated, for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
