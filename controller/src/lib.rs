@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod annotations;
+pub mod cluster;
 pub mod crd;
 pub mod crdgen;
 pub mod endpoint;
