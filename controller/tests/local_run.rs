@@ -152,3 +152,59 @@ async fn edits_and_deletions_in_the_directory_reach_the_gateway() {
         .render()
         .contains("egw_controller_tables_pushed_total 3"));
 }
+
+#[tokio::test]
+async fn the_binary_pushes_in_local_mode_and_stops_on_sigterm() {
+    let sockets = tempfile::tempdir().unwrap();
+    let manifests = tempfile::tempdir().unwrap();
+    let gateway = TestGateway::start(&sockets.path().join("lab-0.sock"), 5).await;
+    write(
+        manifests.path(),
+        "gateway.yaml",
+        &gateway_yaml(&gateway.endpoint(), FIRST),
+    );
+    write(manifests.path(), "workloads.yaml", WORKLOADS);
+    write(manifests.path(), "policy.yaml", POLICY);
+
+    let mut child = ChildGuard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_egw-controller"))
+            .arg("--local")
+            .arg(manifests.path())
+            .arg("--gateway-poll-ms")
+            .arg("100")
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    let table = gateway
+        .wait_for_table("push from the binary", |_| true)
+        .await;
+    assert_eq!(
+        verdict(&compile_wire(&table), POD, REMOTE),
+        Verdict::Snat(vec![FIRST])
+    );
+
+    let pid = child.0.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_until("the controller to exit on SIGTERM", || {
+        child.0.try_wait().unwrap()
+    })
+    .await;
+    assert!(status.success(), "{status}");
+}
+
+/// Kills the controller if the test fails before it exits.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

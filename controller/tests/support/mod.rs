@@ -222,6 +222,8 @@ impl Gateway for RecordingService {
 /// A running test gateway.
 pub struct TestGateway {
     socket: PathBuf,
+    /// Set for a TCP gateway with mutual TLS: where it listens and its TLS settings.
+    tcp: Option<(std::net::SocketAddr, tonic::transport::ServerTlsConfig)>,
     state: Arc<Mutex<GatewayState>>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
@@ -236,6 +238,7 @@ impl TestGateway {
         }));
         let mut gateway = TestGateway {
             socket: socket.to_owned(),
+            tcp: None,
             state,
             stop: None,
             server: None,
@@ -244,13 +247,58 @@ impl TestGateway {
         gateway
     }
 
+    /// Starts a gateway on 127.0.0.1 (an ephemeral port) that requires mutual TLS.
+    pub async fn start_tls(tls: tonic::transport::ServerTlsConfig, epoch: u64) -> TestGateway {
+        let state = Arc::new(Mutex::new(GatewayState {
+            epoch,
+            ..GatewayState::default()
+        }));
+        let mut gateway = TestGateway {
+            socket: PathBuf::new(),
+            tcp: Some(("127.0.0.1:0".parse().unwrap(), tls)),
+            state,
+            stop: None,
+            server: None,
+        };
+        gateway.listen().await;
+        gateway
+    }
+
+    /// `https://` endpoint of a TLS gateway.
+    pub fn https_endpoint(&self) -> String {
+        let (address, _) = self.tcp.as_ref().unwrap();
+        format!("https://{address}")
+    }
+
     async fn listen(&mut self) {
-        let _ = std::fs::remove_file(&self.socket);
-        let listener = tokio::net::UnixListener::bind(&self.socket).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let service = GatewayServer::new(RecordingService {
             state: Arc::clone(&self.state),
         });
+        if let Some((address, tls)) = &mut self.tcp {
+            let listener = tokio::net::TcpListener::bind(*address).await.unwrap();
+            *address = listener.local_addr().unwrap();
+            let tls = tls.clone();
+            let server = tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .tls_config(tls)
+                    .unwrap()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        async {
+                            let _ = stopped.await;
+                        },
+                    )
+                    .await
+                    .unwrap();
+            });
+            self.stop = Some(stop);
+            self.server = Some(server);
+            return;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let listener = tokio::net::UnixListener::bind(&self.socket).unwrap();
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
