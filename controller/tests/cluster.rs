@@ -2,7 +2,7 @@
 //! API calls the controller makes (method, path and query, content type, body).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use egw_controller::cluster::leader::{LeaderElector, LeaseOptions};
@@ -40,13 +40,15 @@ impl Call {
 
 type Handle = mock::Handle<Request<Body>, Response<Body>>;
 
-/// Answers every request with `respond(call) -> (status code, body)` until the client is
-/// dropped; returns the calls in order.
+/// Answers every request with `respond(call) -> Some((status code, body))` until the client is
+/// dropped; `None` leaves the request pending (a watch with no news). Returns the calls in order;
+/// `seen` shows them while the scenario runs.
 async fn api_server(
     mut handle: Handle,
-    respond: impl Fn(&Call) -> (u16, Value) + Send + 'static,
+    seen: Arc<Mutex<Vec<Call>>>,
+    respond: impl Fn(&Call) -> Option<(u16, Value)> + Send + 'static,
 ) -> Vec<Call> {
-    let mut calls = Vec::new();
+    let mut pending = Vec::new();
     while let Some((request, reply)) = handle.next_request().await {
         let method = request.method().to_string();
         let uri = request.uri().to_string();
@@ -66,24 +68,41 @@ async fn api_server(
             content_type,
             body,
         };
-        let (status, response) = respond(&call);
-        calls.push(call);
-        reply.send_response(
-            Response::builder()
-                .status(status)
-                .body(Body::from(serde_json::to_vec(&response).unwrap()))
-                .unwrap(),
-        );
+        let answer = respond(&call);
+        seen.lock().unwrap().push(call);
+        match answer {
+            Some((status, response)) => reply.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&response).unwrap()))
+                    .unwrap(),
+            ),
+            None => pending.push(reply),
+        }
     }
+    drop(pending);
+    let calls = seen.lock().unwrap().clone();
     calls
 }
 
 fn mocked(
     respond: impl Fn(&Call) -> (u16, Value) + Send + 'static,
 ) -> (Client, tokio::task::JoinHandle<Vec<Call>>) {
+    let (client, _, server) = mocked_with_pending(move |call| Some(respond(call)));
+    (client, server)
+}
+
+fn mocked_with_pending(
+    respond: impl Fn(&Call) -> Option<(u16, Value)> + Send + 'static,
+) -> (
+    Client,
+    Arc<Mutex<Vec<Call>>>,
+    tokio::task::JoinHandle<Vec<Call>>,
+) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(api_server(handle, respond));
-    (Client::new(service, "default"), server)
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let server = tokio::spawn(api_server(handle, Arc::clone(&seen), respond));
+    (Client::new(service, "default"), seen, server)
 }
 
 async fn calls_after(server: tokio::task::JoinHandle<Vec<Call>>) -> Vec<Call> {
@@ -143,8 +162,16 @@ async fn policy_status_is_written_with_server_side_apply_once() {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.statuses_written, 1);
 
+    // A minute later, before the watch delivered the written status (the store is stale): the
+    // status just written is not written again.
+    let later = reconciler
+        .reconcile(&state, "2026-11-21T06:01:00Z".parse().unwrap())
+        .await;
+    assert_eq!(later, Default::default());
+
     // The policy as the API server now holds it: reconciling again writes nothing.
     let mut written = policy;
+    written.metadata.resource_version = Some("42".into());
     written.status = Some(serde_json::from_value(calls_so_far_status(&state)).unwrap());
     let state = ClusterState {
         policies: vec![Arc::new(written)],
@@ -462,4 +489,121 @@ async fn a_fresh_lease_of_another_replica_is_left_alone_and_an_expired_one_taken
     assert!(!elector.is_leader());
     drop(elector);
     assert_eq!(calls_after(server).await.len(), 2);
+}
+
+/// The whole of cluster mode: lists of the four kinds, the Lease, then the leader's status write;
+/// and a clean stop on shutdown.
+#[tokio::test]
+async fn run_lists_acquires_the_lease_then_reconciles_and_stops_on_shutdown() {
+    let policy = serde_json::to_value(bypass_policy()).unwrap();
+    let echo = policy.clone();
+    let (client, seen, server) = mocked_with_pending(move |call| {
+        let path = call.uri.split('?').next().unwrap();
+        if call.uri.contains("watch=true") {
+            return None;
+        }
+        let list = |kind: &str, api_version: &str, items: Vec<Value>| {
+            Some((
+                200,
+                json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "100"}, "items": items}),
+            ))
+        };
+        match (call.method.as_str(), path) {
+            ("GET", "/api/v1/pods") => list("PodList", "v1", vec![]),
+            ("GET", "/api/v1/namespaces") => list("NamespaceList", "v1", vec![]),
+            ("GET", "/apis/egw.dev/v1alpha1/egressgateways") => {
+                list("EgressGatewayList", "egw.dev/v1alpha1", vec![])
+            }
+            ("GET", "/apis/egw.dev/v1alpha1/egressgatewaypolicies") => list(
+                "EgressGatewayPolicyList",
+                "egw.dev/v1alpha1",
+                vec![echo.clone()],
+            ),
+            ("GET", _) => Some(not_found()),
+            ("POST", _) => Some((201, call.body.clone())),
+            ("PATCH", _) => {
+                let mut object = echo.clone();
+                object["status"] = call.body["status"].clone();
+                Some((200, object))
+            }
+            _ => Some((500, json!({}))),
+        }
+    });
+    let options = egw_controller::cluster::ClusterOptions {
+        push: PushOptions::default(),
+        lease: LeaseOptions {
+            renew_interval: Duration::from_millis(100),
+            ..lease_options()
+        },
+        debounce: Duration::from_millis(10),
+        resync_interval: Duration::from_secs(3600),
+        http_address: None,
+    };
+    let metrics = Metrics::new();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(egw_controller::cluster::run(
+        client,
+        options,
+        metrics.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let status_path =
+        "/apis/egw.dev/v1alpha1/egressgatewaypolicies/direct/status?&force=true&fieldManager=egw-controller";
+    for _ in 0..1000 {
+        if seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|call| call.uri == status_path)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("cluster mode stops on shutdown")
+        .unwrap()
+        .unwrap();
+    let calls = calls_after(server).await;
+    let lines: Vec<String> = calls
+        .iter()
+        .filter(|call| !call.uri.contains("watch=true"))
+        .map(|call| format!("{} {}", call.method, call.uri.split('?').next().unwrap()))
+        .collect();
+    let position = |line: &str| {
+        lines
+            .iter()
+            .position(|seen| seen == line)
+            .unwrap_or_else(|| panic!("no {line} in {lines:#?}"))
+    };
+    let lease_created = position(&format!("POST {LEASE_PATH}"));
+    let status_written =
+        position("PATCH /apis/egw.dev/v1alpha1/egressgatewaypolicies/direct/status");
+    for list in [
+        "GET /api/v1/pods",
+        "GET /api/v1/namespaces",
+        "GET /apis/egw.dev/v1alpha1/egressgateways",
+        "GET /apis/egw.dev/v1alpha1/egressgatewaypolicies",
+    ] {
+        assert!(
+            position(list) < status_written,
+            "{list} after the status write"
+        );
+    }
+    assert!(position(&format!("GET {LEASE_PATH}/egw-controller")) < lease_created);
+    assert!(
+        lease_created < status_written,
+        "status written before leading: {lines:#?}"
+    );
+    // Exactly one status write: the reconciles after it see no change to make.
+    let writes = lines
+        .iter()
+        .filter(|line| line.starts_with("PATCH"))
+        .count();
+    assert_eq!(writes, 1, "{lines:#?}");
+    assert!(metrics.render().contains("egw_controller_leader 1"));
 }

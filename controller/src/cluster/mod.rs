@@ -180,6 +180,10 @@ pub struct Reconciler {
     /// Diagnostics already published as Events; a diagnostic is published again only after it
     /// went away and came back.
     published: BTreeSet<Diagnostic>,
+    /// The last status written per `(kind, name)`, with the resourceVersion the object had in
+    /// the store then: until the watch delivers the object with that status, the store is stale
+    /// and the same status must not be written again.
+    written: BTreeMap<(&'static str, String), (Option<String>, serde_json::Value)>,
 }
 
 fn truncate(text: &str, limit: usize) -> String {
@@ -214,6 +218,7 @@ impl Reconciler {
             pusher: GatewayPusher::new(push, metrics.clone()),
             metrics,
             published: BTreeSet::new(),
+            written: BTreeMap::new(),
         }
     }
 
@@ -221,6 +226,7 @@ impl Reconciler {
     pub fn step_down(&mut self) {
         self.pusher.clear();
         self.published.clear();
+        self.written.clear();
     }
 
     /// The pushers, for their states.
@@ -314,32 +320,68 @@ impl Reconciler {
         tracing::info!(gateway = %gateway.name_any(), "gateway deleted; releasing its finalizer");
     }
 
-    async fn apply_status<K>(
+    /// The status written for this very version of `object`, which the store does not show yet;
+    /// it is the previous status (condition transition times) until the watch catches up.
+    fn pending_status<K: Resource, S: DeserializeOwned>(
         &self,
+        object: &K,
+        kind: &'static str,
+    ) -> Option<S> {
+        let key = (kind, object.meta().name.clone().unwrap_or_default());
+        let (version, status) = self.written.get(&key)?;
+        if *version != object.meta().resource_version {
+            return None;
+        }
+        serde_json::from_value(status.clone()).ok()
+    }
+
+    /// Writes `status` with server-side apply unless it was just written for this version of
+    /// the object.
+    async fn apply_status<K>(
+        &mut self,
         api: &Api<K>,
-        name: &str,
-        kind: &str,
+        object: &K,
+        kind: &'static str,
         status: serde_json::Value,
-    ) -> Result<(), kube::Error>
-    where
+        report: &mut ReconcileReport,
+    ) where
         K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
     {
+        let name = object.meta().name.clone().unwrap_or_default();
+        let key = (kind, name.clone());
+        let version = object.meta().resource_version.clone();
+        if self
+            .written
+            .get(&key)
+            .is_some_and(|(written_version, written)| {
+                *written_version == version && *written == status
+            })
+        {
+            return;
+        }
         let body = serde_json::json!({
             "apiVersion": format!("{GROUP}/{VERSION}"),
             "kind": kind,
             "status": status,
         });
-        api.patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map(|_| ())
+        let result = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                report.statuses_written += 1;
+                self.written.insert(key, (version, status));
+            }
+            Err(error) => self.kube_error(report, format!("status of {kind} {name}"), &error),
+        }
     }
 
     async fn policy_statuses(
-        &self,
+        &mut self,
         state: &ClusterState,
         translation: &Translation,
         now: &Time,
@@ -351,32 +393,20 @@ impl Reconciler {
             let Some(policy_report) = translation.policies.get(&name) else {
                 continue;
             };
-            let status = policy_status(
-                policy_report,
-                policy.metadata.generation,
-                policy.status.as_ref(),
-                now,
-            );
+            let pending = self.pending_status(policy.as_ref(), "EgressGatewayPolicy");
+            let previous = pending.as_ref().or(policy.status.as_ref());
+            let status = policy_status(policy_report, policy.metadata.generation, previous, now);
             if policy.status.as_ref() == Some(&status) {
                 continue;
             }
             let value = serde_json::to_value(&status).unwrap_or_default();
-            match self
-                .apply_status(&api, &name, "EgressGatewayPolicy", value)
-                .await
-            {
-                Ok(()) => report.statuses_written += 1,
-                Err(error) => self.kube_error(
-                    report,
-                    format!("status of EgressGatewayPolicy {name}"),
-                    &error,
-                ),
-            }
+            self.apply_status(&api, policy.as_ref(), "EgressGatewayPolicy", value, report)
+                .await;
         }
     }
 
     async fn gateway_statuses(
-        &self,
+        &mut self,
         state: &ClusterState,
         translation: &Translation,
         now: &Time,
@@ -392,24 +422,22 @@ impl Reconciler {
                 continue;
             };
             let (mode, instances) = observed_instances(gateway, gateway_report);
+            let pending = self.pending_status(gateway.as_ref(), "EgressGateway");
+            let previous = pending.as_ref().or(gateway.status.as_ref());
             let status = gateway_status(
                 gateway_report,
                 mode,
                 instances,
                 gateway.metadata.generation,
-                gateway.status.as_ref(),
+                previous,
                 now,
             );
             if gateway.status.as_ref() == Some(&status) {
                 continue;
             }
             let value = serde_json::to_value(&status).unwrap_or_default();
-            match self.apply_status(&api, &name, "EgressGateway", value).await {
-                Ok(()) => report.statuses_written += 1,
-                Err(error) => {
-                    self.kube_error(report, format!("status of EgressGateway {name}"), &error)
-                }
-            }
+            self.apply_status(&api, gateway.as_ref(), "EgressGateway", value, report)
+                .await;
         }
     }
 
@@ -503,8 +531,19 @@ fn observed_instances(
     }
 }
 
+/// Aborts the watcher tasks when cluster mode returns, however it returns.
+struct Watchers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Follows one kind into a store; every change wakes the reconcile loop.
-fn follow<K>(api: Api<K>, metrics: Metrics, wake: Arc<Notify>) -> Store<K>
+fn follow<K>(api: Api<K>, metrics: Metrics, wake: Arc<Notify>, watchers: &mut Watchers) -> Store<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -518,7 +557,7 @@ where
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
@@ -534,6 +573,7 @@ where
             }
         }
     });
+    watchers.0.push(task);
     reader
 }
 
@@ -564,25 +604,30 @@ pub async fn run(
     }
 
     let wake = Arc::new(Notify::new());
+    let mut watchers = Watchers(Vec::new());
     let pods = follow(
         Api::<Pod>::all(client.clone()),
         metrics.clone(),
         Arc::clone(&wake),
+        &mut watchers,
     );
     let namespaces = follow(
         Api::<Namespace>::all(client.clone()),
         metrics.clone(),
         Arc::clone(&wake),
+        &mut watchers,
     );
     let gateways = follow(
         Api::<EgressGateway>::all(client.clone()),
         metrics.clone(),
         Arc::clone(&wake),
+        &mut watchers,
     );
     let policies = follow(
         Api::<EgressGatewayPolicy>::all(client.clone()),
         metrics.clone(),
         Arc::clone(&wake),
+        &mut watchers,
     );
 
     let mut elector = LeaderElector::new(client.clone(), options.lease.clone());
@@ -653,5 +698,6 @@ pub async fn run(
     }
     reconciler.step_down();
     let _ = http_stop.send(());
+    drop(watchers);
     Ok(())
 }
