@@ -39,13 +39,15 @@ impl Call {
 }
 
 type Handle = mock::Handle<Request<Body>, Response<Body>>;
+/// The calls seen so far, shared with the running scenario.
+type Seen = Arc<Mutex<Vec<Call>>>;
 
 /// Answers every request with `respond(call) -> Some((status code, body))` until the client is
 /// dropped; `None` leaves the request pending (a watch with no news). Returns the calls in order;
 /// `seen` shows them while the scenario runs.
 async fn api_server(
     mut handle: Handle,
-    seen: Arc<Mutex<Vec<Call>>>,
+    seen: Seen,
     respond: impl Fn(&Call) -> Option<(u16, Value)> + Send + 'static,
 ) -> Vec<Call> {
     let mut pending = Vec::new();
@@ -94,11 +96,7 @@ fn mocked(
 
 fn mocked_with_pending(
     respond: impl Fn(&Call) -> Option<(u16, Value)> + Send + 'static,
-) -> (
-    Client,
-    Arc<Mutex<Vec<Call>>>,
-    tokio::task::JoinHandle<Vec<Call>>,
-) {
+) -> (Client, Seen, tokio::task::JoinHandle<Vec<Call>>) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let server = tokio::spawn(api_server(handle, Arc::clone(&seen), respond));
