@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 pub enum ErrorReason {
     /// A gateway could not be reached (or its call timed out).
     GatewayUnreachable,
-    /// A gateway refused a table.
+    /// A gateway refused a call: a table, or the controller's identity.
     PushRefused,
     /// An endpoint is malformed or its TLS setup failed.
     Endpoint,

@@ -319,7 +319,10 @@ impl InstanceWorker {
 
     fn fail(&mut self, reachable: bool, reason: ErrorReason, message: String) {
         self.metrics.error(reason);
-        tracing::warn!(instance = %self.key, error = %message, "gateway push");
+        // Logged when it changes, not on every retry of an unreachable gateway.
+        if self.state.borrow().last_error.as_deref() != Some(message.as_str()) {
+            tracing::warn!(instance = %self.key, error = %message, "gateway push");
+        }
         self.state.send_modify(|state| {
             state.reachable = reachable;
             state.in_sync = false;
@@ -336,9 +339,14 @@ impl InstanceWorker {
             Ok(response) => response.into_inner(),
             Err(status) => {
                 let unreachable = is_unreachable(&status);
+                let reason = if unreachable {
+                    ErrorReason::GatewayUnreachable
+                } else {
+                    ErrorReason::PushRefused
+                };
                 self.fail(
                     !unreachable,
-                    ErrorReason::GatewayUnreachable,
+                    reason,
                     format!("GetRouteTable: {}", status_text(&status)),
                 );
                 return if unreachable {

@@ -495,6 +495,7 @@ async fn a_fresh_lease_of_another_replica_is_left_alone_and_an_expired_one_taken
 async fn run_lists_acquires_the_lease_then_reconciles_and_stops_on_shutdown() {
     let policy = serde_json::to_value(bypass_policy()).unwrap();
     let echo = policy.clone();
+    let stored_lease: Mutex<Option<Value>> = Mutex::new(None);
     let (client, seen, server) = mocked_with_pending(move |call| {
         let path = call.uri.split('?').next().unwrap();
         if call.uri.contains("watch=true") {
@@ -517,8 +518,16 @@ async fn run_lists_acquires_the_lease_then_reconciles_and_stops_on_shutdown() {
                 "egw.dev/v1alpha1",
                 vec![echo.clone()],
             ),
-            ("GET", _) => Some(not_found()),
-            ("POST", _) => Some((201, call.body.clone())),
+            ("GET", _) if path.starts_with(LEASE_PATH) => {
+                let lease = stored_lease.lock().unwrap().clone();
+                Some(lease.map_or_else(not_found, |lease| (200, lease)))
+            }
+            ("POST" | "PUT", _) if path.starts_with(LEASE_PATH) => {
+                let mut lease = call.body.clone();
+                lease["metadata"]["resourceVersion"] = json!("7");
+                *stored_lease.lock().unwrap() = Some(lease.clone());
+                Some((if call.method == "POST" { 201 } else { 200 }, lease))
+            }
             ("PATCH", _) => {
                 let mut object = echo.clone();
                 object["status"] = call.body["status"].clone();
@@ -604,4 +613,9 @@ async fn run_lists_acquires_the_lease_then_reconciles_and_stops_on_shutdown() {
         .count();
     assert_eq!(writes, 1, "{lines:#?}");
     assert!(metrics.render().contains("egw_controller_leader 1"));
+    // On shutdown the leader gives the Lease up for the other replica.
+    let release = calls.last().unwrap();
+    assert_eq!(release.line(), format!("PUT {LEASE_PATH}/egw-controller?"));
+    assert_eq!(release.body["spec"].get("holderIdentity"), None);
+    assert_eq!(release.body["metadata"]["resourceVersion"], "7");
 }

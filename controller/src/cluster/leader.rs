@@ -110,6 +110,36 @@ impl LeaderElector {
             .is_some_and(|renewed| renewed.elapsed() < margin)
     }
 
+    /// Gives the Lease up if this replica holds it (on shutdown), so another replica takes over
+    /// at its next round instead of waiting for the Lease to expire.
+    pub async fn release(&mut self, now: Timestamp) -> Result<(), kube::Error> {
+        self.renewed_at = None;
+        let Some(mut lease) = self.api.get_opt(&self.options.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.options.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(MicroTime(now));
+        match self
+            .api
+            .replace(&self.options.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(identity = %self.options.identity, "released the leader Lease");
+                Ok(())
+            }
+            // Someone else wrote it meanwhile: it is not ours to release any more.
+            Err(kube::Error::Api(status)) if status.is_conflict() => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     async fn round(&mut self, now: Timestamp) -> Result<bool, kube::Error> {
         let Some(mut lease) = self.api.get_opt(&self.options.name).await? else {
             let lease = Lease {

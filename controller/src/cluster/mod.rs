@@ -556,6 +556,8 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        // Managed fields are often the bulk of an object and never read here.
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
         .reflect(writer);
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
@@ -585,14 +587,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ClusterError> {
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    // The loop beats at least every renewal period; four missed periods mean it is stuck.
+    let health = http::Health::new(
+        options.lease.renew_interval * 4 + options.resync_interval.min(Duration::from_secs(60)),
+    );
+    health.beat();
     if let Some(address) = options.http_address {
         let listener_metrics = metrics.clone();
+        let listener_health = health.clone();
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|source| ClusterError::Http { address, source })?;
         tracing::info!(%address, "serving /metrics and /healthz");
         tokio::spawn(async move {
-            let served = axum::serve(listener, http::router(listener_metrics))
+            let served = axum::serve(listener, http::router(listener_metrics, listener_health))
                 .with_graceful_shutdown(async {
                     let _ = http_stopped.await;
                 })
@@ -644,13 +652,21 @@ pub async fn run(
         let _ = gateways.wait_until_ready().await;
         let _ = policies.wait_until_ready().await;
     };
-    tokio::select! {
-        () = &mut shutdown => {
-            let _ = http_stop.send(());
-            return Ok(());
+    tokio::pin!(synced);
+    let mut waiting = tokio::time::interval(options.lease.renew_interval);
+    loop {
+        // Waiting for the caches (e.g. CRDs not installed yet) is not a stalled loop.
+        health.beat();
+        tokio::select! {
+            () = &mut shutdown => {
+                let _ = http_stop.send(());
+                return Ok(());
+            }
+            () = &mut synced => break,
+            _ = waiting.tick() => {}
         }
-        () = synced => tracing::info!("caches synced"),
     }
+    tracing::info!("caches synced");
 
     let mut election = tokio::time::interval(options.lease.renew_interval);
     election.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -658,6 +674,7 @@ pub async fn run(
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading = false;
     loop {
+        health.beat();
         let mut due = false;
         tokio::select! {
             () = &mut shutdown => break,
@@ -697,6 +714,11 @@ pub async fn run(
         }
     }
     reconciler.step_down();
+    if leading {
+        if let Err(error) = elector.release(Timestamp::now()).await {
+            tracing::warn!(error = %crate::error_chain(&error), "could not release the Lease");
+        }
+    }
     let _ = http_stop.send(());
     drop(watchers);
     Ok(())
