@@ -1,6 +1,8 @@
 //! Cluster mode against a mocked API transport (`tower-test`): each scenario asserts the exact
 //! API calls the controller makes (method, path and query, content type, body).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -618,4 +620,40 @@ async fn run_lists_acquires_the_lease_then_reconciles_and_stops_on_shutdown() {
     assert_eq!(release.line(), format!("PUT {LEASE_PATH}/egw-controller?"));
     assert_eq!(release.body["spec"].get("holderIdentity"), None);
     assert_eq!(release.body["metadata"]["resourceVersion"], "7");
+}
+
+/// The leader pushes the translated tables; stepping down stops its pushers.
+#[tokio::test]
+async fn leader_pushes_tables_and_stops_when_stepping_down() {
+    let sockets = tempfile::tempdir().unwrap();
+    let gateway_server = support::TestGateway::start(&sockets.path().join("lab-0.sock"), 3).await;
+    let mut gateway = static_gateway(&[GATEWAY_FINALIZER], false);
+    if let Some(pool) = gateway.spec.static_pool.as_mut() {
+        pool.instances[0].endpoint = gateway_server.endpoint();
+    }
+    let echo = serde_json::to_value(&gateway).unwrap();
+    let (client, server) = mocked(move |_| (200, echo.clone()));
+    let mut reconciler = reconciler(client);
+    let state = ClusterState {
+        gateways: vec![Arc::new(gateway)],
+        ..ClusterState::default()
+    };
+    let report = reconciler.reconcile(&state, now()).await;
+    assert_eq!(report.tables, 1);
+    let table = gateway_server
+        .wait_for_table("the leader's push", |_| true)
+        .await;
+    assert_eq!(table.generation, 1);
+    assert_eq!(table.pools[0].addresses[0].snat_ip, "192.0.2.10");
+    assert_eq!(reconciler.pusher().states().len(), 1);
+
+    reconciler.step_down();
+    assert!(reconciler.pusher().states().is_empty());
+    drop(reconciler);
+    // Only the status write reached the API server (the finalizer was already there).
+    let lines: Vec<String> = calls_after(server).await.iter().map(Call::line).collect();
+    assert_eq!(
+        lines,
+        ["PATCH /apis/egw.dev/v1alpha1/egressgateways/lab/status?&force=true&fieldManager=egw-controller"]
+    );
 }
