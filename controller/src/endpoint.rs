@@ -175,7 +175,10 @@ pub fn channel(
                 source,
             };
             let builder = Endpoint::from_shared(uri.clone())
-                .map_err(tls_error)?
+                .map_err(|_| EndpointError::Invalid {
+                    endpoint: uri.clone(),
+                    problem: "not a valid URI".to_owned(),
+                })?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .timeout(CALL_TIMEOUT)
                 .tls_config(config)

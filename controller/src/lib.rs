@@ -1,12 +1,19 @@
-//! egw's Kubernetes controller: `EgressGateway` / `EgressGatewayPolicy` custom resources and the
-//! pure translation from cluster state to one route table per gateway instance.
+//! egw's Kubernetes controller: `EgressGateway` / `EgressGatewayPolicy` custom resources, the
+//! pure translation from cluster state to one route table per gateway instance, and the loops
+//! that push those tables to the gateways and report back.
 //!
 //! * [`crd`]: the custom resource types; [`crdgen`] renders them for `deploy/crds/`.
 //! * [`annotations`] and [`selector`]: egress intent on namespaces and pods (with Calico aliases).
 //! * [`input`]: the translation's input snapshot, built from Kubernetes objects.
 //! * [`translate`]: snapshot in, per-instance route tables and diagnostics out.
 //! * [`status`]: CRD status (usage, conditions) from the translation's reports.
-//! * [`local`]: a snapshot from a directory of YAML manifests (`egw-controller --local DIR`).
+//! * [`local`]: a snapshot from a directory of YAML manifests (`egw-controller --local DIR`);
+//!   [`local_run`] watches such a directory and pushes its tables.
+//! * [`wire`]: engine route tables to `egw.v1.RouteTable`; [`endpoint`]: gateway control
+//!   endpoints (Unix socket, mutual TLS); [`push`]: [`push::GatewayPusher`] keeps every gateway
+//!   instance on its table (generations, restarts, backoff).
+//! * [`cluster`]: cluster mode (reflectors, reconciler, status, Events, finalizer, leader
+//!   election, `/metrics`); [`metrics`]: the Prometheus metrics.
 #![forbid(unsafe_code)]
 
 pub mod annotations;
