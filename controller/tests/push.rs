@@ -295,7 +295,9 @@ async fn gateway_restart_is_detected_and_the_table_pushed_again() {
 
     // A restart that keeps the epoch still shows: the served generation went back.
     gateway.restart(200).await;
-    let third = gateway.wait_for_table("push after the second restart", |_| true).await;
+    let third = gateway
+        .wait_for_table("push after the second restart", |_| true)
+        .await;
     assert_eq!(third.generation, 3);
     wait_state(&pusher, "second restart noticed", |state| {
         state.restarts == 2 && state.in_sync
