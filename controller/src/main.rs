@@ -1,69 +1,172 @@
-//! `egw-controller`: today, local mode only (`--local DIR --print`): translate a directory of
-//! manifests and print the route tables the controller would push.
+//! `egw-controller`: cluster mode (default), or local mode on a manifest directory
+//! (`--local DIR`, with `--print` to print the tables once instead of pushing them).
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+use egw_controller::cluster::leader::LeaseOptions;
+use egw_controller::cluster::ClusterOptions;
+use egw_controller::endpoint::{ClientTls, ClientTlsFiles};
+use egw_controller::error_chain;
+use egw_controller::local_run::LocalOptions;
+use egw_controller::metrics::Metrics;
+use egw_controller::push::PushOptions;
 
 #[derive(Debug, Parser)]
 #[command(name = "egw-controller", version, about = "egw Kubernetes controller")]
 struct Args {
     /// Read EgressGateway, EgressGatewayPolicy, Namespace and Pod manifests from this directory
-    /// instead of a Kubernetes API server.
+    /// instead of a Kubernetes API server; watch it and push to the static instances' endpoints.
     #[arg(long, value_name = "DIR")]
-    local: PathBuf,
-    /// Print the route table of every gateway instance as YAML (diagnostics go to stderr).
+    local: Option<PathBuf>,
+    /// With --local: print the route table of every gateway instance as YAML once and exit
+    /// (diagnostics go to stderr).
     #[arg(long, requires = "local")]
     print: bool,
+    /// CA certificate (PEM) that signed the gateways' control-server certificates.
+    #[arg(long, env = "EGW_GATEWAY_CA", value_name = "PEM", requires_all = ["gateway_tls_cert", "gateway_tls_key"])]
+    gateway_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to gateways over TCP (mutual TLS).
+    #[arg(
+        long,
+        env = "EGW_GATEWAY_TLS_CERT",
+        value_name = "PEM",
+        requires = "gateway_ca"
+    )]
+    gateway_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --gateway-tls-cert.
+    #[arg(
+        long,
+        env = "EGW_GATEWAY_TLS_KEY",
+        value_name = "PEM",
+        requires = "gateway_ca"
+    )]
+    gateway_tls_key: Option<PathBuf>,
+    /// Name gateway certificates are checked against (default: the endpoint's host).
+    #[arg(long, env = "EGW_GATEWAY_SERVER_NAME")]
+    gateway_server_name: Option<String>,
+    /// How often each gateway is polled (restart detection, drift repair), in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=1000))]
+    gateway_poll_ms: u64,
+    /// Address of `/metrics` and `/healthz` (cluster mode).
+    #[arg(long, env = "EGW_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// Namespace of the leader-election Lease (cluster mode).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "egw-system")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "egw-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease and in Events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn push_options(args: &Args) -> Result<PushOptions, String> {
+    let tls = match (
+        &args.gateway_ca,
+        &args.gateway_tls_cert,
+        &args.gateway_tls_key,
+    ) {
+        (Some(ca), Some(cert), Some(key)) => Some(Arc::new(
+            ClientTls::load(&ClientTlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                server_name: args.gateway_server_name.clone(),
+            })
+            .map_err(|error| error_chain(&error))?,
+        )),
+        _ => None,
+    };
+    Ok(PushOptions {
+        poll_interval: Duration::from_millis(args.gateway_poll_ms),
+        tls,
+        ..PushOptions::default()
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let push = push_options(&args)?;
+    let metrics = Metrics::new();
+    if let Some(dir) = args.local {
+        let options = LocalOptions {
+            push,
+            ..LocalOptions::new(dir)
+        };
+        egw_controller::local_run::run_local(options, metrics, shutdown_signal()).await;
+        return Ok(());
+    }
+    let identity = args
+        .identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "egw-controller".to_owned());
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|error| format!("cannot reach the Kubernetes API: {}", error_chain(&error)))?;
+    let options = ClusterOptions {
+        push,
+        lease: LeaseOptions {
+            name: args.lease_name,
+            ..LeaseOptions::new(args.lease_namespace, identity)
+        },
+        debounce: Duration::from_millis(200),
+        resync_interval: Duration::from_secs(60),
+        http_address: Some(args.metrics_address),
+    };
+    egw_controller::cluster::run(client, options, metrics, shutdown_signal())
+        .await
+        .map_err(|error| error_chain(&error))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !args.print {
-        eprintln!("egw-controller: local mode only supports --print so far");
-        return ExitCode::from(2);
+    if args.print {
+        return egw_controller::print::print_local(args.local.as_deref().unwrap_or(".".as_ref()));
     }
-    let input = match egw_controller::local::load_dir(&args.local) {
-        Ok(input) => input,
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("egw-controller: {}", error_chain(&error));
+            eprintln!("egw-controller: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    for skipped in &input.skipped {
-        eprintln!(
-            "skipped {} document #{} ({} {})",
-            skipped.path.display(),
-            skipped.document,
-            skipped.api_version,
-            skipped.kind
-        );
-    }
-    let translation = egw_controller::translate::translate(&input.snapshot);
-    for line in egw_controller::print::diagnostic_lines(&translation) {
-        eprintln!("{line}");
-    }
-    match egw_controller::print::tables_yaml(&translation) {
-        Ok(yaml) => {
-            print!("{yaml}");
-            ExitCode::SUCCESS
-        }
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("egw-controller: cannot render tables: {error}");
+            tracing::error!("{error}");
             ExitCode::FAILURE
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

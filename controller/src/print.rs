@@ -150,3 +150,39 @@ pub fn diagnostic_lines(translation: &Translation) -> Vec<String> {
         })
         .collect()
 }
+
+/// `egw-controller --local DIR --print`: loads, translates, prints the tables on stdout and the
+/// skipped documents and diagnostics on stderr.
+pub fn print_local(dir: &std::path::Path) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let input = match crate::local::load_dir(dir) {
+        Ok(input) => input,
+        Err(error) => {
+            eprintln!("egw-controller: {}", crate::error_chain(&error));
+            return ExitCode::FAILURE;
+        }
+    };
+    for skipped in &input.skipped {
+        eprintln!(
+            "skipped {} document #{} ({} {})",
+            skipped.path.display(),
+            skipped.document,
+            skipped.api_version,
+            skipped.kind
+        );
+    }
+    let translation = crate::translate::translate(&input.snapshot);
+    for line in diagnostic_lines(&translation) {
+        eprintln!("{line}");
+    }
+    match tables_yaml(&translation) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("egw-controller: cannot render tables: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

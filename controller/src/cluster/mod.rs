@@ -1,0 +1,725 @@
+//! Cluster mode: watch the API server, translate, push, and report back.
+//!
+//! * Reflectors (kube-runtime watchers with local stores) follow Pods, Namespaces,
+//!   EgressGateways and EgressGatewayPolicies. Any change schedules a reconcile after
+//!   [`ClusterOptions::debounce`], so a burst of pod churn is one translation. Nothing is
+//!   translated before all four stores have listed once: an empty store must not wipe tables.
+//! * [`Reconciler::reconcile`] translates the stores' state, hands the tables to the
+//!   [`GatewayPusher`], writes status with server-side apply (field manager `egw-controller`),
+//!   publishes each new diagnostic once as an Event, and keeps the `egw.dev/cleanup` finalizer on
+//!   every EgressGateway (removing it after the cleanup hook when the gateway is deleted).
+//! * Only the holder of the leader Lease reconciles ([`leader`]); a replica that loses it stops
+//!   its pushers at once.
+//! * A full reconcile also runs every [`ClusterOptions::resync_interval`], retrying writes that
+//!   failed.
+
+pub mod http;
+pub mod leader;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::crd::{
+    AddressStatus, EgressGateway, EgressGatewayPolicy, InstanceStatus, GROUP, VERSION,
+};
+use crate::input::{GatewayInfo, NamespaceInfo, PodInfo, PolicyInfo, Snapshot};
+use crate::metrics::{ErrorReason, Metrics};
+use crate::push::{GatewayPusher, PushOptions};
+use crate::status::{gateway_status, policy_status};
+use crate::translate::{translate, Diagnostic, GatewayReport, ObjectKind, Translation};
+
+use self::leader::{LeaderElector, LeaseOptions};
+
+/// Field manager of every server-side apply, and the Events' reporting controller.
+pub const FIELD_MANAGER: &str = "egw-controller";
+/// Finalizer kept on every EgressGateway until its cleanup hook ran.
+pub const GATEWAY_FINALIZER: &str = "egw.dev/cleanup";
+/// Longest Event note the API server accepts.
+const MAX_NOTE: usize = 1024;
+
+/// Settings of [`run`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub push: PushOptions,
+    pub lease: LeaseOptions,
+    pub debounce: Duration,
+    pub resync_interval: Duration,
+    /// Where `/metrics` and `/healthz` are served; `None` serves nothing.
+    pub http_address: Option<SocketAddr>,
+}
+
+/// Why cluster mode stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot serve /metrics on {address}")]
+    Http {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The objects a reconcile looks at (the reflector stores' contents).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    pub pods: Vec<Arc<Pod>>,
+    pub namespaces: Vec<Arc<Namespace>>,
+    pub gateways: Vec<Arc<EgressGateway>>,
+    pub policies: Vec<Arc<EgressGatewayPolicy>>,
+}
+
+fn is_deleting<K: Resource>(object: &K) -> bool {
+    object.meta().deletion_timestamp.is_some()
+}
+
+impl ClusterState {
+    /// The translation input. Gateways being deleted are left out: their pods fail closed
+    /// while the cleanup hook runs.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            pods: self.pods.iter().map(|pod| PodInfo::from_pod(pod)).collect(),
+            namespaces: self
+                .namespaces
+                .iter()
+                .map(|namespace| NamespaceInfo::from_namespace(namespace))
+                .collect(),
+            gateways: self
+                .gateways
+                .iter()
+                .filter(|gateway| !is_deleting(gateway.as_ref()))
+                .map(|gateway| GatewayInfo::from_resource(gateway))
+                .collect(),
+            policies: self
+                .policies
+                .iter()
+                .map(|policy| PolicyInfo::from_resource(policy))
+                .collect(),
+        }
+    }
+
+    /// A reference to the object a diagnostic is about, with its uid when the object is known.
+    fn reference(&self, diagnostic: &Diagnostic) -> ObjectReference {
+        let object = &diagnostic.object;
+        let known = match object.kind {
+            ObjectKind::Pod => self
+                .pods
+                .iter()
+                .find(|pod| {
+                    pod.metadata.name.as_deref() == Some(&object.name)
+                        && pod.metadata.namespace == object.namespace
+                })
+                .map(|pod| pod.object_ref(&())),
+            ObjectKind::Namespace => self
+                .namespaces
+                .iter()
+                .find(|namespace| namespace.metadata.name.as_deref() == Some(&object.name))
+                .map(|namespace| namespace.object_ref(&())),
+            ObjectKind::EgressGateway => self
+                .gateways
+                .iter()
+                .find(|gateway| gateway.metadata.name.as_deref() == Some(&object.name))
+                .map(|gateway| gateway.object_ref(&())),
+            ObjectKind::EgressGatewayPolicy => self
+                .policies
+                .iter()
+                .find(|policy| policy.metadata.name.as_deref() == Some(&object.name))
+                .map(|policy| policy.object_ref(&())),
+        };
+        known.unwrap_or_else(|| {
+            let (api_version, kind) = match object.kind {
+                ObjectKind::Pod => ("v1".to_owned(), "Pod"),
+                ObjectKind::Namespace => ("v1".to_owned(), "Namespace"),
+                ObjectKind::EgressGateway => (format!("{GROUP}/{VERSION}"), "EgressGateway"),
+                ObjectKind::EgressGatewayPolicy => {
+                    (format!("{GROUP}/{VERSION}"), "EgressGatewayPolicy")
+                }
+            };
+            ObjectReference {
+                api_version: Some(api_version),
+                kind: Some(kind.to_owned()),
+                name: Some(object.name.clone()),
+                namespace: object.namespace.clone(),
+                ..ObjectReference::default()
+            }
+        })
+    }
+}
+
+/// What one reconcile did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub tables: usize,
+    pub statuses_written: usize,
+    pub events_published: usize,
+    pub finalizers_changed: usize,
+    /// Failed writes, as log lines; they are retried on the next reconcile.
+    pub errors: Vec<String>,
+}
+
+/// The leader's work: translate, push, write status, Events and finalizers.
+pub struct Reconciler {
+    client: Client,
+    recorder: Recorder,
+    pusher: GatewayPusher,
+    metrics: Metrics,
+    /// Diagnostics already published as Events; a diagnostic is published again only after it
+    /// went away and came back.
+    published: BTreeSet<Diagnostic>,
+    /// The last status written per `(kind, name)`, with the resourceVersion the object had in
+    /// the store then: until the watch delivers the object with that status, the store is stale
+    /// and the same status must not be written again.
+    written: BTreeMap<(&'static str, String), (Option<String>, serde_json::Value)>,
+}
+
+fn truncate(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut cut = limit - '…'.len_utf8();
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
+}
+
+impl Reconciler {
+    /// `identity` names this replica in Events (`reportingInstance`).
+    pub fn new(
+        client: Client,
+        identity: String,
+        push: PushOptions,
+        metrics: Metrics,
+    ) -> Reconciler {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance: Some(identity),
+            },
+        );
+        Reconciler {
+            client,
+            recorder,
+            pusher: GatewayPusher::new(push, metrics.clone()),
+            metrics,
+            published: BTreeSet::new(),
+            written: BTreeMap::new(),
+        }
+    }
+
+    /// Stops pushing and forgets published Events (after losing leadership).
+    pub fn step_down(&mut self) {
+        self.pusher.clear();
+        self.published.clear();
+        self.written.clear();
+    }
+
+    /// The pushers, for their states.
+    pub fn pusher(&self) -> &GatewayPusher {
+        &self.pusher
+    }
+
+    /// One full reconcile of `state` at time `now`.
+    pub async fn reconcile(&mut self, state: &ClusterState, now: Timestamp) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        self.finalizers(state, &mut report).await;
+        let translation = translate(&state.snapshot());
+        self.metrics.reconciled();
+        report.tables = translation.tables.len();
+        for problem in self.pusher.update(&translation.tables) {
+            report.errors.push(format!(
+                "instance {}: {}",
+                problem.instance,
+                crate::error_chain(&problem.error)
+            ));
+        }
+        let now = Time(now);
+        self.policy_statuses(state, &translation, &now, &mut report)
+            .await;
+        self.gateway_statuses(state, &translation, &now, &mut report)
+            .await;
+        self.events(state, &translation, &mut report).await;
+        for error in &report.errors {
+            tracing::warn!("{error}");
+        }
+        report
+    }
+
+    fn kube_error(&self, report: &mut ReconcileReport, what: String, error: &kube::Error) {
+        self.metrics.error(ErrorReason::KubeApi);
+        report
+            .errors
+            .push(format!("{what}: {}", crate::error_chain(error)));
+    }
+
+    async fn finalizers(&self, state: &ClusterState, report: &mut ReconcileReport) {
+        let api: Api<EgressGateway> = Api::all(self.client.clone());
+        for gateway in &state.gateways {
+            let name = gateway.name_any();
+            let finalizers = gateway.finalizers();
+            let has = finalizers
+                .iter()
+                .any(|finalizer| finalizer == GATEWAY_FINALIZER);
+            let wanted: Vec<String> = if is_deleting(gateway.as_ref()) {
+                if !has {
+                    continue;
+                }
+                self.cleanup_gateway(gateway);
+                finalizers
+                    .iter()
+                    .filter(|finalizer| *finalizer != GATEWAY_FINALIZER)
+                    .cloned()
+                    .collect()
+            } else if has {
+                continue;
+            } else {
+                finalizers
+                    .iter()
+                    .cloned()
+                    .chain([GATEWAY_FINALIZER.to_owned()])
+                    .collect()
+            };
+            // The resourceVersion makes the merge patch conditional: a concurrent change to the
+            // list is a 409, retried on the next reconcile with the fresh object.
+            let patch = serde_json::json!({
+                "metadata": {
+                    "resourceVersion": gateway.resource_version(),
+                    "finalizers": wanted,
+                }
+            });
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => report.finalizers_changed += 1,
+                Err(error) => {
+                    self.kube_error(report, format!("finalizer of EgressGateway {name}"), &error)
+                }
+            }
+        }
+    }
+
+    /// Releases what the controller holds for a deleted gateway. Static gateways hold nothing
+    /// outside the cluster; cloud address release hooks in here.
+    fn cleanup_gateway(&self, gateway: &EgressGateway) {
+        tracing::info!(gateway = %gateway.name_any(), "gateway deleted; releasing its finalizer");
+    }
+
+    /// The status written for this very version of `object`, which the store does not show yet;
+    /// it is the previous status (condition transition times) until the watch catches up.
+    fn pending_status<K: Resource, S: DeserializeOwned>(
+        &self,
+        object: &K,
+        kind: &'static str,
+    ) -> Option<S> {
+        let key = (kind, object.meta().name.clone().unwrap_or_default());
+        let (version, status) = self.written.get(&key)?;
+        if *version != object.meta().resource_version {
+            return None;
+        }
+        serde_json::from_value(status.clone()).ok()
+    }
+
+    /// Writes `status` with server-side apply unless it was just written for this version of
+    /// the object.
+    async fn apply_status<K>(
+        &mut self,
+        api: &Api<K>,
+        object: &K,
+        kind: &'static str,
+        status: serde_json::Value,
+        report: &mut ReconcileReport,
+    ) where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let name = object.meta().name.clone().unwrap_or_default();
+        let key = (kind, name.clone());
+        let version = object.meta().resource_version.clone();
+        if self
+            .written
+            .get(&key)
+            .is_some_and(|(written_version, written)| {
+                *written_version == version && *written == status
+            })
+        {
+            return;
+        }
+        let body = serde_json::json!({
+            "apiVersion": format!("{GROUP}/{VERSION}"),
+            "kind": kind,
+            "status": status,
+        });
+        let result = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                report.statuses_written += 1;
+                self.written.insert(key, (version, status));
+            }
+            Err(error) => self.kube_error(report, format!("status of {kind} {name}"), &error),
+        }
+    }
+
+    async fn policy_statuses(
+        &mut self,
+        state: &ClusterState,
+        translation: &Translation,
+        now: &Time,
+        report: &mut ReconcileReport,
+    ) {
+        let api: Api<EgressGatewayPolicy> = Api::all(self.client.clone());
+        for policy in &state.policies {
+            let name = policy.name_any();
+            let Some(policy_report) = translation.policies.get(&name) else {
+                continue;
+            };
+            let pending = self.pending_status(policy.as_ref(), "EgressGatewayPolicy");
+            let previous = pending.as_ref().or(policy.status.as_ref());
+            let status = policy_status(policy_report, policy.metadata.generation, previous, now);
+            if policy.status.as_ref() == Some(&status) {
+                continue;
+            }
+            let value = serde_json::to_value(&status).unwrap_or_default();
+            self.apply_status(&api, policy.as_ref(), "EgressGatewayPolicy", value, report)
+                .await;
+        }
+    }
+
+    async fn gateway_statuses(
+        &mut self,
+        state: &ClusterState,
+        translation: &Translation,
+        now: &Time,
+        report: &mut ReconcileReport,
+    ) {
+        let api: Api<EgressGateway> = Api::all(self.client.clone());
+        for gateway in &state.gateways {
+            if is_deleting(gateway.as_ref()) {
+                continue;
+            }
+            let name = gateway.name_any();
+            let Some(gateway_report) = translation.gateways.get(&name) else {
+                continue;
+            };
+            let (mode, instances) = observed_instances(gateway, gateway_report);
+            let pending = self.pending_status(gateway.as_ref(), "EgressGateway");
+            let previous = pending.as_ref().or(gateway.status.as_ref());
+            let status = gateway_status(
+                gateway_report,
+                mode,
+                instances,
+                gateway.metadata.generation,
+                previous,
+                now,
+            );
+            if gateway.status.as_ref() == Some(&status) {
+                continue;
+            }
+            let value = serde_json::to_value(&status).unwrap_or_default();
+            self.apply_status(&api, gateway.as_ref(), "EgressGateway", value, report)
+                .await;
+        }
+    }
+
+    async fn events(
+        &mut self,
+        state: &ClusterState,
+        translation: &Translation,
+        report: &mut ReconcileReport,
+    ) {
+        let current: BTreeSet<Diagnostic> = translation.diagnostics.iter().cloned().collect();
+        let mut published = BTreeSet::new();
+        for diagnostic in &current {
+            if self.published.contains(diagnostic) {
+                published.insert(diagnostic.clone());
+                continue;
+            }
+            let event = Event {
+                type_: EventType::Warning,
+                reason: diagnostic.reason.to_string(),
+                note: Some(truncate(&diagnostic.message, MAX_NOTE)),
+                action: "Translate".to_owned(),
+                secondary: None,
+            };
+            let reference = state.reference(diagnostic);
+            match self.recorder.publish(&event, &reference).await {
+                Ok(()) => {
+                    report.events_published += 1;
+                    published.insert(diagnostic.clone());
+                }
+                Err(error) => self.kube_error(
+                    report,
+                    format!(
+                        "Event {} for {:?} {}",
+                        diagnostic.reason, diagnostic.object.kind, diagnostic.object.name
+                    ),
+                    &error,
+                ),
+            }
+        }
+        self.published = published;
+    }
+}
+
+/// `status.mode` and `status.instances` of a gateway: static instances as the translation saw
+/// them; other modes keep the instances their address manager reported.
+fn observed_instances(
+    gateway: &EgressGateway,
+    report: &GatewayReport,
+) -> (&'static str, Vec<InstanceStatus>) {
+    match &gateway.spec.static_pool {
+        Some(pool) => {
+            let seen: BTreeMap<&str, _> = report
+                .instances
+                .iter()
+                .map(|instance| (instance.name.as_str(), instance))
+                .collect();
+            let instances = pool
+                .instances
+                .iter()
+                .map(|instance| {
+                    let seen = seen.get(instance.name.as_str());
+                    InstanceStatus {
+                        name: instance.name.clone(),
+                        node: None,
+                        endpoint: Some(instance.endpoint.clone()),
+                        ready: seen.is_some_and(|seen| seen.ready),
+                        addresses: instance
+                            .addresses
+                            .iter()
+                            .map(|&address| AddressStatus {
+                                snat_ip: address,
+                                public_ip: None,
+                                allocation_id: None,
+                                ready: seen
+                                    .is_some_and(|seen| seen.usable_addresses.contains(&address)),
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            ("Static", instances)
+        }
+        None => (
+            "Aws",
+            gateway
+                .status
+                .as_ref()
+                .map(|status| status.instances.clone())
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+/// Aborts the watcher tasks when cluster mode returns, however it returns.
+struct Watchers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Follows one kind into a store; every change wakes the reconcile loop.
+fn follow<K>(api: Api<K>, metrics: Metrics, wake: Arc<Notify>, watchers: &mut Watchers) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        // Managed fields are often the bulk of an object and never read here.
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+        .reflect(writer);
+    let task = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => wake.notify_one(),
+                Err(error) => {
+                    metrics.error(ErrorReason::KubeApi);
+                    tracing::warn!(
+                        kind = %K::kind(&()),
+                        error = %crate::error_chain(&error),
+                        "watch failed; retrying"
+                    );
+                }
+            }
+        }
+    });
+    watchers.0.push(task);
+    reader
+}
+
+/// Runs cluster mode until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    options: ClusterOptions,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ClusterError> {
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    // The loop beats at least every renewal period; four missed periods mean it is stuck.
+    let health = http::Health::new(
+        options.lease.renew_interval * 4 + options.resync_interval.min(Duration::from_secs(60)),
+    );
+    health.beat();
+    if let Some(address) = options.http_address {
+        let listener_metrics = metrics.clone();
+        let listener_health = health.clone();
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| ClusterError::Http { address, source })?;
+        tracing::info!(%address, "serving /metrics and /healthz");
+        tokio::spawn(async move {
+            let served = axum::serve(listener, http::router(listener_metrics, listener_health))
+                .with_graceful_shutdown(async {
+                    let _ = http_stopped.await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "/metrics server stopped");
+            }
+        });
+    }
+
+    let wake = Arc::new(Notify::new());
+    let mut watchers = Watchers(Vec::new());
+    let pods = follow(
+        Api::<Pod>::all(client.clone()),
+        metrics.clone(),
+        Arc::clone(&wake),
+        &mut watchers,
+    );
+    let namespaces = follow(
+        Api::<Namespace>::all(client.clone()),
+        metrics.clone(),
+        Arc::clone(&wake),
+        &mut watchers,
+    );
+    let gateways = follow(
+        Api::<EgressGateway>::all(client.clone()),
+        metrics.clone(),
+        Arc::clone(&wake),
+        &mut watchers,
+    );
+    let policies = follow(
+        Api::<EgressGatewayPolicy>::all(client.clone()),
+        metrics.clone(),
+        Arc::clone(&wake),
+        &mut watchers,
+    );
+
+    let mut elector = LeaderElector::new(client.clone(), options.lease.clone());
+    let mut reconciler = Reconciler::new(
+        client,
+        options.lease.identity.clone(),
+        options.push.clone(),
+        metrics.clone(),
+    );
+    tokio::pin!(shutdown);
+    let synced = async {
+        let _ = pods.wait_until_ready().await;
+        let _ = namespaces.wait_until_ready().await;
+        let _ = gateways.wait_until_ready().await;
+        let _ = policies.wait_until_ready().await;
+    };
+    tokio::pin!(synced);
+    let mut waiting = tokio::time::interval(options.lease.renew_interval);
+    loop {
+        // Waiting for the caches (e.g. CRDs not installed yet) is not a stalled loop.
+        health.beat();
+        tokio::select! {
+            () = &mut shutdown => {
+                let _ = http_stop.send(());
+                return Ok(());
+            }
+            () = &mut synced => break,
+            _ = waiting.tick() => {}
+        }
+    }
+    tracing::info!("caches synced");
+
+    let mut election = tokio::time::interval(options.lease.renew_interval);
+    election.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut resync = tokio::time::interval(options.resync_interval);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading = false;
+    loop {
+        health.beat();
+        let mut due = false;
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = election.tick() => {
+                match elector.try_acquire_or_renew(Timestamp::now()).await {
+                    Ok(_) => {}
+                    Err(error) => {
+                        metrics.error(ErrorReason::KubeApi);
+                        tracing::warn!(error = %crate::error_chain(&error), "leader election");
+                    }
+                }
+                let now_leading = elector.is_leader();
+                if now_leading != leading {
+                    tracing::info!(leading = now_leading, "leadership changed");
+                    metrics.set_leader(now_leading);
+                    if !now_leading {
+                        reconciler.step_down();
+                    }
+                    leading = now_leading;
+                    due = leading;
+                }
+            }
+            () = wake.notified() => {
+                tokio::time::sleep(options.debounce).await;
+                due = true;
+            }
+            _ = resync.tick() => due = true,
+        }
+        if due && leading && elector.is_leader() {
+            let state = ClusterState {
+                pods: pods.state(),
+                namespaces: namespaces.state(),
+                gateways: gateways.state(),
+                policies: policies.state(),
+            };
+            reconciler.reconcile(&state, Timestamp::now()).await;
+        }
+    }
+    reconciler.step_down();
+    if leading {
+        if let Err(error) = elector.release(Timestamp::now()).await {
+            tracing::warn!(error = %crate::error_chain(&error), "could not release the Lease");
+        }
+    }
+    let _ = http_stop.send(());
+    drop(watchers);
+    Ok(())
+}
