@@ -826,6 +826,10 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
             return;
         }
     };
+    // At millions of flows nearly every lookup would also miss the TLB with 4 KiB pages.
+    if let Err(error) = egw_xdp::memory::advise_huge_pages(&engine.memory_regions()) {
+        warn!(worker = core, %error, "huge pages refused for the flow table; continuing with small pages");
+    }
     let mut table_version = shared.table_version.load(Ordering::Acquire);
     engine.set_route_table(shared.table.load_full());
     let _ = ready.send(Ok(()));
@@ -898,6 +902,12 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
         for &(side, ingress) in sides {
             io.xsk.rx_batch(side, &mut batch, BATCH);
             work += batch.len();
+            // Issue the batch's flow-table loads together so their cache misses overlap.
+            let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
+            for (slot, desc) in frames.iter_mut().zip(&batch) {
+                *slot = io.xsk.packet(desc);
+            }
+            engine.prefetch(&frames[..batch.len()], ingress);
             for desc in batch.drain(..) {
                 process_frame(&mut engine, &mut io, &hops, desc, ingress, now);
             }

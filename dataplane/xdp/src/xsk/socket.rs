@@ -49,6 +49,29 @@ impl UmemArea {
         self.frame_count
     }
 
+    /// The bytes of the frame starting at `base`, read-only.
+    ///
+    /// # Safety
+    ///
+    /// `base` must be a frame start inside this area (`base % frame_size == 0`
+    /// and `base < frame_size * frame_count`), and the frame must currently be
+    /// owned by userspace (see the type's ownership rules). Shared slices of
+    /// the same or other frames may coexist; `&self` keeps any `&mut` slice
+    /// from [`Self::frame_mut`] from existing at the same time.
+    pub(crate) unsafe fn frame(&self, base: u64) -> &[u8] {
+        debug_assert!(base % u64::from(self.frame_size) == 0);
+        debug_assert!(base < u64::from(self.frame_size) * u64::from(self.frame_count));
+        // SAFETY: the caller guarantees `base` is an in-bounds frame start, so
+        // `base + frame_size <= len`; userspace ownership means the kernel does
+        // not write it concurrently; `&self` excludes writers in userspace.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.mapping.as_ptr().add(base as usize),
+                self.frame_size as usize,
+            )
+        }
+    }
+
     /// The bytes of the frame starting at `base`.
     ///
     /// # Safety

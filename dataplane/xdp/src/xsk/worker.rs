@@ -631,6 +631,22 @@ impl Worker {
         unsafe { self.pools[desc.umem as usize].area.frame_mut(desc.base) }
     }
 
+    /// The packet bytes of `desc`, read-only: lets a caller look at a whole batch at once
+    /// (e.g. to prefetch what processing it will need) before taking frames one by one.
+    ///
+    /// # Panics
+    ///
+    /// If `desc` was issued by another `Worker`.
+    pub fn packet(&self, desc: &FrameDesc) -> &[u8] {
+        self.check_owner(desc);
+        let range = desc.offset()..desc.offset() + desc.len();
+        // SAFETY: as in `frame_mut`: `desc` comes from this worker, so `base` is
+        // an in-bounds frame start of `pools[umem]` and userspace owns the frame
+        // while `desc` lives; `&self` rules out a concurrent `&mut` slice.
+        let frame = unsafe { self.pools[desc.umem as usize].area.frame(desc.base) };
+        &frame[range]
+    }
+
     /// The packet bytes of `desc` (`offset..offset + len` of its frame).
     ///
     /// # Panics
