@@ -219,14 +219,15 @@ pub fn write_egw_files(config: &LabConfig, dir: &Path) -> Result<PathBuf> {
 /// Environment variable naming the egwctl binary the lab drives the gateway with.
 pub const EGWCTL_BIN_ENV: &str = "EGWCTL_BIN";
 
-/// egwctl: `EGWCTL_BIN`, else next to the gateway binary (both come from one cargo build).
+/// egwctl: the one next to the gateway binary (both come from one cargo build), else
+/// `EGWCTL_BIN`.
 pub fn find_egwctl_binary(gateway_binary: &Path) -> Result<PathBuf> {
     let mut candidates = Vec::new();
-    if let Some(path) = std::env::var_os(EGWCTL_BIN_ENV).filter(|value| !value.is_empty()) {
-        candidates.push(PathBuf::from(path));
-    }
     if let Some(dir) = gateway_binary.parent() {
         candidates.push(dir.join("egwctl"));
+    }
+    if let Some(path) = std::env::var_os(EGWCTL_BIN_ENV).filter(|value| !value.is_empty()) {
+        candidates.push(PathBuf::from(path));
     }
     candidates
         .iter()

@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cmd;
+pub mod controller;
 pub mod demo;
 pub mod error;
 pub mod gateway;

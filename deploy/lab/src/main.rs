@@ -52,7 +52,15 @@ struct GatewayArgs {
 enum Commands {
     /// Build the lab, probe every pod over TCP/UDP/ICMP, print egress addresses, tear down.
     /// Exits non-zero if any probe failed or saw the wrong egress address.
-    Demo(GatewayArgs),
+    Demo {
+        #[command(flatten)]
+        lab: GatewayArgs,
+        /// Drive the gateway with egw-controller in local mode: manifests (annotated namespaces,
+        /// pods, an EgressGateway and a policy) → route table over gRPC → packets. Expected egress
+        /// comes from the table the gateway then serves. Needs --gateway egw.
+        #[arg(long)]
+        controller: bool,
+    },
     /// Build the lab and keep it until SIGINT/SIGTERM (or --max-secs), for manual poking.
     Up {
         #[command(flatten)]
@@ -198,6 +206,17 @@ fn start_lab(args: &GatewayArgs, prefix: Option<String>) -> Result<Lab> {
     Lab::up(config, gateway)
 }
 
+/// What the controller-driven demo set up, printed before the probe table.
+fn controller_intro(lab: &Lab) -> String {
+    format!(
+        "egw-controller --local {} pushed generation {} to egw-gateway:\n  \
+         team-a: egw.dev/gateway=lab   team-b: egw.dev/policy=partner   team-c: no egress intent\n  \
+         EgressGateway lab: one instance (this lab's gateway), addresses 198.51.100.1 and 198.51.100.2 (paired)\n\n",
+        lab.manifest_dir().display(),
+        lab.served_generation().map_or_else(|e| format!("? ({e})"), |g| g.to_string()),
+    )
+}
+
 fn print_line(text: impl std::fmt::Display) -> Result<()> {
     writeln!(io::stdout(), "{text}").map_err(|source| LabError::Io {
         context: "writing to stdout".to_owned(),
@@ -207,9 +226,22 @@ fn print_line(text: impl std::fmt::Display) -> Result<()> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Commands::Demo(args) => {
-            let lab = start_lab(&args, None)?;
-            let reports = demo::probe_all(&lab)?;
+        Commands::Demo {
+            lab: args,
+            controller,
+        } => {
+            let mut lab = start_lab(&args, None)?;
+            let source = if controller {
+                lab.start_controller(&[
+                    Ipv4Addr::new(198, 51, 100, 1),
+                    Ipv4Addr::new(198, 51, 100, 2),
+                ])?;
+                print!("{}", controller_intro(&lab));
+                demo::ExpectationSource::ServedTable
+            } else {
+                demo::ExpectationSource::LabConfig
+            };
+            let reports = demo::probe_all(&lab, source)?;
             lab.teardown()?;
             print!("{}", demo::render(&reports));
             Ok(if reports.iter().all(demo::PodReport::ok) {
