@@ -30,6 +30,13 @@ pub enum NatLogError {
         #[source]
         source: io::Error,
     },
+    /// The IPFIX exporter's socket could not be set up.
+    #[error("IPFIX collector {collector}: {source}")]
+    Ipfix {
+        collector: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     /// The writer thread could not be started.
     #[error("cannot start the NAT log writer thread: {0}")]
     Spawn(#[source] io::Error),

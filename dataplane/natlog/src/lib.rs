@@ -31,12 +31,14 @@
 
 mod error;
 mod event;
+pub mod ipfix;
 mod query;
 mod uring;
 mod writer;
 
 pub use error::{NatLogError, QueryError, TimeError};
 pub use event::{EventKind, LogProtocol, NatEvent, NatLogRecord, UnixMillis};
+pub use ipfix::IpfixConfig;
 pub use query::{Mapping, NatLogIndex};
 pub use writer::{
     queue, ActiveBackend, IoBackend, NatLogConfig, NatLogReceiver, NatLogSender, NatLogStats,

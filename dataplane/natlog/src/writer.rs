@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::error::NatLogError;
 use crate::event::{NatEvent, NatLogRecord, UnixMillis};
+use crate::ipfix::{IpfixConfig, IpfixExporter};
 use crate::uring::UringFile;
 
 /// Events written per wake-up before the writer checks rotation and flushes.
@@ -67,6 +68,8 @@ pub struct NatLogConfig {
     pub buffer_size: usize,
     /// How long the writer sleeps when the queue is empty (bounds how stale the file is).
     pub idle_wait: Duration,
+    /// Also export every event as IPFIX (RFC 8158 NAT44 session records) to a UDP collector.
+    pub ipfix: Option<IpfixConfig>,
 }
 
 impl NatLogConfig {
@@ -86,6 +89,7 @@ impl NatLogConfig {
             buffer_count: 8,
             buffer_size: 64 * 1024,
             idle_wait: Duration::from_millis(100),
+            ipfix: None,
         }
     }
 
@@ -103,6 +107,11 @@ impl NatLogConfig {
             "file_prefix must be a plain, non-hidden file name part"
         } else if self.rotate_every.is_some_and(|every| every.is_zero()) {
             "rotate_every must be positive"
+        } else if self.ipfix.as_ref().is_some_and(|ipfix| {
+            !(crate::ipfix::MIN_MESSAGE_BYTES..=usize::from(u16::MAX))
+                .contains(&ipfix.max_message_bytes)
+        }) {
+            "ipfix.max_message_bytes must hold the template and one record, and at most 65535 bytes"
         } else {
             return Ok(());
         };
@@ -118,6 +127,8 @@ struct Counters {
     bytes: AtomicU64,
     rotations: AtomicU64,
     write_errors: AtomicU64,
+    ipfix_messages: AtomicU64,
+    ipfix_errors: AtomicU64,
     /// 0: not started, 1: io_uring, 2: plain.
     backend: AtomicU8,
 }
@@ -137,6 +148,10 @@ pub struct NatLogStats {
     pub write_errors: u64,
     /// The backend in use, once the writer has started.
     pub backend: Option<ActiveBackend>,
+    /// IPFIX messages sent to the collector.
+    pub ipfix_messages_sent: u64,
+    /// IPFIX messages that could not be sent (their events are missing at the collector only).
+    pub ipfix_send_errors: u64,
 }
 
 impl Counters {
@@ -147,6 +162,8 @@ impl Counters {
             bytes_written: self.bytes.load(Ordering::Relaxed),
             rotations: self.rotations.load(Ordering::Relaxed),
             write_errors: self.write_errors.load(Ordering::Relaxed),
+            ipfix_messages_sent: self.ipfix_messages.load(Ordering::Relaxed),
+            ipfix_send_errors: self.ipfix_errors.load(Ordering::Relaxed),
             backend: match self.backend.load(Ordering::Relaxed) {
                 1 => Some(ActiveBackend::IoUring),
                 2 => Some(ActiveBackend::Plain),
@@ -193,6 +210,12 @@ impl NatLogSender {
             .filter(|event| !self.submit(NatEvent::from_flow_event(event, now)))
             .count();
         dropped
+    }
+
+    /// Counts events lost before they reached this sender (e.g. the deltas of
+    /// `Engine::flow_events_dropped`), so that one counter tells how complete the log is.
+    pub fn record_dropped(&self, events: u64) {
+        self.counters.dropped.fetch_add(events, Ordering::Relaxed);
     }
 
     /// The log's counters.
@@ -256,6 +279,16 @@ impl NatLogWriter {
         let mut files = FileSet::new(&config);
         let (path, file) = files.create()?;
         let sink = Sink::open(&config, &path, file, &counters)?;
+        let ipfix = config
+            .ipfix
+            .as_ref()
+            .map(|ipfix| {
+                IpfixExporter::new(ipfix).map_err(|source| NatLogError::Ipfix {
+                    collector: ipfix.collector,
+                    source,
+                })
+            })
+            .transpose()?;
         let sender = NatLogSender {
             queue: receiver.queue.clone(),
             counters: counters.clone(),
@@ -271,6 +304,7 @@ impl NatLogWriter {
             files,
             config,
             line: Vec::with_capacity(512),
+            ipfix,
         };
         state.files.remove_old();
         let thread = thread::Builder::new()
@@ -491,6 +525,7 @@ struct WriterState {
     files: FileSet,
     config: NatLogConfig,
     line: Vec<u8>,
+    ipfix: Option<IpfixExporter>,
 }
 
 impl WriterState {
@@ -515,6 +550,7 @@ impl WriterState {
                 if let Err(error) = self.sink.flush() {
                     self.write_failed(&error);
                 }
+                self.flush_ipfix();
                 if stopping {
                     break;
                 }
@@ -524,9 +560,36 @@ impl WriterState {
         if let Err(error) = self.sink.sync() {
             self.write_failed(&error);
         }
+        self.flush_ipfix();
+    }
+
+    fn flush_ipfix(&mut self) {
+        if let Some(exporter) = self.ipfix.as_mut() {
+            let outcome = exporter.flush();
+            self.count_ipfix(outcome);
+        }
+    }
+
+    fn count_ipfix(&self, (sent, errors): (u64, u64)) {
+        self.counters
+            .ipfix_messages
+            .fetch_add(sent, Ordering::Relaxed);
+        if errors > 0 {
+            let before = self
+                .counters
+                .ipfix_errors
+                .fetch_add(errors, Ordering::Relaxed);
+            if before == 0 {
+                tracing::warn!("natlog: IPFIX collector unreachable; events still go to the files");
+            }
+        }
     }
 
     fn write_event(&mut self, event: &NatEvent) {
+        if let Some(exporter) = self.ipfix.as_mut() {
+            let outcome = exporter.add(*event);
+            self.count_ipfix(outcome);
+        }
         self.line.clear();
         let record = NatLogRecord::new(event, &self.config.gateway);
         if let Err(error) = serde_json::to_writer(&mut self.line, &record) {

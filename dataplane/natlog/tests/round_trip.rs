@@ -230,11 +230,13 @@ fn a_full_queue_drops_and_counts_without_blocking() {
     );
     assert_eq!(sender.stats().events_dropped, 6);
     assert_eq!(sender.stats().backend, None);
+    // Events an engine dropped before they reached the queue count too.
+    sender.record_dropped(3);
 
     let writer = NatLogWriter::start_with(small_files(dir.path()), receiver).unwrap();
     let stats = writer.shutdown().unwrap();
     assert_eq!(stats.events_written, 4);
-    assert_eq!(stats.events_dropped, 6);
+    assert_eq!(stats.events_dropped, 9);
     let written: Vec<i64> = lines_in(dir.path()).iter().map(|r| r.ts.0).collect();
     assert_eq!(written, [T0, T0 + 1, T0 + 2, T0 + 3]);
 }
@@ -387,6 +389,12 @@ fn bad_configurations_are_refused() {
         |config| config.file_prefix = "../x".to_owned(),
         |config| config.rotate_every = Some(Duration::ZERO),
         |config| config.buffer_size = 0,
+        |config| {
+            let collector = "127.0.0.1:4739".parse().unwrap();
+            let mut ipfix = egw_natlog::IpfixConfig::new(collector, 1);
+            ipfix.max_message_bytes = 64;
+            config.ipfix = Some(ipfix);
+        },
     ] {
         let mut config = small_files(dir.path());
         change(&mut config);
