@@ -47,8 +47,9 @@ pub(crate) struct UringFile {
     next_offset: u64,
     in_flight: usize,
     fsync_in_flight: bool,
-    /// The first failure reported by a completion since the last `take_error`.
-    pending_error: Option<io::Error>,
+    /// Operations the kernel failed since the last `take_failures`, and the last reason.
+    failures: u64,
+    last_failure: Option<io::Error>,
     /// Bytes the kernel confirmed written over the file's life.
     bytes_completed: u64,
 }
@@ -97,14 +98,15 @@ impl UringFile {
             next_offset: start_offset,
             in_flight: 0,
             fsync_in_flight: false,
-            pending_error: None,
+            failures: 0,
+            last_failure: None,
             bytes_completed: 0,
         })
     }
 
     /// Copies `bytes` into the pool, submitting buffers as they fill and waiting for
-    /// a completion when every buffer is in flight. Returns a failure reported by an
-    /// earlier write, if any (the bytes of that write are lost).
+    /// a completion when every buffer is in flight. An error here is the ring's (the
+    /// bytes may be lost); writes the kernel fails are reported by [`Self::take_failures`].
     pub(crate) fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             let index = match self.filling {
@@ -129,28 +131,25 @@ impl UringFile {
                 self.submit_filling()?;
             }
         }
-        self.take_error()
+        Ok(())
     }
 
     /// Submits the partly filled buffer without waiting, and collects finished writes.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         self.submit_filling()?;
-        self.reap(0)?;
-        self.take_error()
+        self.reap(0)
     }
 
     /// Writes everything out and waits until it is on disk (fsync).
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         self.submit_filling()?;
         self.wait_idle()?;
-        self.take_error()?;
         let fsync = opcode::Fsync::new(types::Fd(self.file.as_raw_fd()))
             .build()
             .user_data(FSYNC_USER_DATA);
         self.push(&fsync)?;
         self.fsync_in_flight = true;
-        self.wait_idle()?;
-        self.take_error()
+        self.wait_idle()
     }
 
     /// Bytes the kernel has confirmed written.
@@ -159,11 +158,12 @@ impl UringFile {
         self.bytes_completed
     }
 
-    fn take_error(&mut self) -> io::Result<()> {
-        match self.pending_error.take() {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
+    /// How many writes or fsyncs the kernel failed since the last call, and why the
+    /// last one failed. Their bytes are lost (the file has a hole of zeros there).
+    pub(crate) fn take_failures(&mut self) -> Option<(u64, io::Error)> {
+        let failures = std::mem::take(&mut self.failures);
+        let error = self.last_failure.take()?;
+        Some((failures, error))
     }
 
     /// A buffer that is neither in flight nor being filled, waiting for one if needed.
@@ -248,36 +248,50 @@ impl UringFile {
             .completion()
             .map(|entry| (entry.user_data(), entry.result()))
             .collect();
+        // Every completion is accounted for before any error is returned: a skipped one
+        // would leave its buffer marked in flight forever.
+        let mut outcome = Ok(());
         for (user_data, result) in completions {
-            self.complete(user_data, result)?;
+            if let Err(error) = self.complete(user_data, result) {
+                if outcome.is_ok() {
+                    outcome = Err(error);
+                }
+            }
         }
-        Ok(())
+        outcome
     }
 
     fn complete(&mut self, user_data: u64, result: i32) -> io::Result<()> {
         if user_data == FSYNC_USER_DATA {
             self.fsync_in_flight = false;
             if result < 0 {
-                self.record_error(io::Error::from_raw_os_error(-result));
+                self.record_failure(io::Error::from_raw_os_error(-result));
             }
             return Ok(());
         }
-        let index = usize::try_from(user_data)
+        let Some(index) = usize::try_from(user_data)
             .ok()
             .filter(|index| *index < self.buffers.len())
-            .ok_or_else(|| io::Error::other(format!("unknown io_uring completion {user_data}")))?;
+        else {
+            // Only this module submits to the ring, always with a buffer index or the
+            // fsync marker; anything else is a bug worth reporting, not a reason to stop.
+            self.record_failure(io::Error::other(format!(
+                "unknown io_uring completion {user_data}"
+            )));
+            return Ok(());
+        };
         let buffer = &mut self.buffers[index];
         self.in_flight -= 1;
         buffer.in_flight = false;
         if result < 0 {
-            self.record_error(io::Error::from_raw_os_error(-result));
+            self.record_failure(io::Error::from_raw_os_error(-result));
             return Ok(());
         }
         let written = result as usize;
         self.bytes_completed += written as u64;
         buffer.written += written;
         if written == 0 {
-            self.record_error(io::Error::new(
+            self.record_failure(io::Error::new(
                 io::ErrorKind::WriteZero,
                 "io_uring write wrote nothing",
             ));
@@ -288,10 +302,9 @@ impl UringFile {
         Ok(())
     }
 
-    fn record_error(&mut self, error: io::Error) {
-        if self.pending_error.is_none() {
-            self.pending_error = Some(error);
-        }
+    fn record_failure(&mut self, error: io::Error) {
+        self.failures += 1;
+        self.last_failure = Some(error);
     }
 
     fn wait_idle(&mut self) -> io::Result<()> {
@@ -368,7 +381,17 @@ mod tests {
         let file = File::open(&path).unwrap();
         let mut uring = UringFile::new(file, 0, 4, 2, 64).unwrap();
         uring.write(b"never\n").unwrap();
-        assert!(uring.sync().is_err());
+        uring.sync().unwrap();
+        let (failures, error) = uring.take_failures().unwrap();
+        // The write, and the fsync of a read-only descriptor, both fail.
+        assert!(failures >= 1, "{failures}");
+        assert_eq!(error.raw_os_error(), Some(libc_ebadf()));
+        assert!(uring.take_failures().is_none());
+    }
+
+    /// EBADF on Linux.
+    fn libc_ebadf() -> i32 {
+        9
     }
 
     #[test]

@@ -513,6 +513,14 @@ impl Sink {
             }
         }
     }
+
+    /// Failures reported after the call that caused them (io_uring completions).
+    fn take_failures(&mut self) -> Option<(u64, io::Error)> {
+        match self {
+            Sink::Uring(uring) => uring.take_failures(),
+            Sink::Plain(_) => None,
+        }
+    }
 }
 
 struct WriterState {
@@ -550,6 +558,7 @@ impl WriterState {
                 if let Err(error) = self.sink.flush() {
                     self.write_failed(&error);
                 }
+                self.collect_failures();
                 self.flush_ipfix();
                 if stopping {
                     break;
@@ -560,6 +569,7 @@ impl WriterState {
         if let Err(error) = self.sink.sync() {
             self.write_failed(&error);
         }
+        self.collect_failures();
         self.flush_ipfix();
     }
 
@@ -626,6 +636,7 @@ impl WriterState {
         if let Err(error) = self.sink.sync() {
             self.write_failed(&error);
         }
+        self.collect_failures();
         let (path, file) = match self.files.create() {
             Ok(created) => created,
             Err(error) => {
@@ -658,10 +669,25 @@ impl WriterState {
         }
     }
 
+    /// Counts failures the kernel reported asynchronously.
+    fn collect_failures(&mut self) {
+        if let Some((count, error)) = self.sink.take_failures() {
+            self.writes_failed(count, &error);
+        }
+    }
+
     fn write_failed(&self, error: &io::Error) {
-        let failures = self.counters.write_errors.fetch_add(1, Ordering::Relaxed) + 1;
-        // Log the 1st, 2nd, 4th, 8th... failure: a full disk must not flood the log.
-        if failures.is_power_of_two() {
+        self.writes_failed(1, error);
+    }
+
+    fn writes_failed(&self, count: u64, error: &io::Error) {
+        let before = self
+            .counters
+            .write_errors
+            .fetch_add(count, Ordering::Relaxed);
+        let failures = before + count;
+        // Log when the count passes 1, 2, 4, 8...: a full disk must not flood the log.
+        if before == 0 || failures.ilog2() > before.ilog2() {
             tracing::warn!(%error, failures, "natlog: write failed; events lost");
         }
     }
