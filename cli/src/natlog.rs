@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use comfy_table::{presets, ColumnConstraint, Table};
-use egw_natlog::{LogProtocol, Mapping, NatLogIndex, UnixMillis};
+use egw_natlog::{LogProtocol, Mapping, NatLogIndex, RecordFilter, UnixMillis};
 use serde::Serialize;
 
 use crate::args::{OutputFormat, ProtocolArg};
@@ -69,12 +69,17 @@ pub fn run(
 }
 
 fn query(args: NatLogQueryArgs, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
-    let index = NatLogIndex::load_dir(&args.dir)?;
     let protocol = args.protocol.map(|protocol| match protocol {
         ProtocolArg::Tcp => LogProtocol::Tcp,
         ProtocolArg::Udp => LogProtocol::Udp,
         ProtocolArg::Icmp => LogProtocol::Icmp,
     });
+    let filter = RecordFilter {
+        external: args.external,
+        pod: args.pod,
+        proto: protocol,
+    };
+    let index = NatLogIndex::load_dir_matching(&args.dir, &filter)?;
     let (question, mappings) = match (args.external, args.pod, args.at) {
         (Some(external), _, Some(at)) => (
             format!("{} held {external} at {at}", describe(protocol)),

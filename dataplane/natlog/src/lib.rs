@@ -39,7 +39,7 @@ mod writer;
 pub use error::{NatLogError, QueryError, TimeError};
 pub use event::{EventKind, LogProtocol, NatEvent, NatLogRecord, UnixMillis};
 pub use ipfix::IpfixConfig;
-pub use query::{Mapping, NatLogIndex};
+pub use query::{Mapping, NatLogIndex, RecordFilter};
 pub use writer::{
     queue, ActiveBackend, IoBackend, NatLogConfig, NatLogReceiver, NatLogSender, NatLogStats,
     NatLogWriter, FILE_SUFFIX,

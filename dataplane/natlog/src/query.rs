@@ -51,6 +51,34 @@ pub struct NatLogIndex {
     pub skipped_lines: u64,
 }
 
+/// Which records a query needs; the others are skipped while reading, so that
+/// memory follows the answer, not the size of the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordFilter {
+    pub external: Option<SocketAddrV4>,
+    pub pod: Option<Ipv4Addr>,
+    pub proto: Option<LogProtocol>,
+}
+
+impl RecordFilter {
+    pub fn matches(&self, record: &NatLogRecord) -> bool {
+        self.external
+            .is_none_or(|external| external == record.external)
+            && self.pod.is_none_or(|pod| pod == *record.pod.ip())
+            && self.proto.is_none_or(|proto| proto == record.proto)
+    }
+
+    /// Text every matching line contains, whatever its JSON formatting: lines
+    /// without it are skipped without being parsed.
+    fn needle(&self) -> Option<String> {
+        match (self.external, self.pod) {
+            (Some(external), _) => Some(external.to_string()),
+            (None, Some(pod)) => Some(format!("{pod}:")),
+            (None, None) => None,
+        }
+    }
+}
+
 type FlowKey = (
     LogProtocol,
     SocketAddrV4,
@@ -63,6 +91,11 @@ type FlowKey = (
 impl NatLogIndex {
     /// Reads every `*.jsonl` file in `directory`, including the one being written.
     pub fn load_dir(directory: &Path) -> Result<Self, QueryError> {
+        Self::load_dir_matching(directory, &RecordFilter::default())
+    }
+
+    /// Like [`NatLogIndex::load_dir`], keeping only the records `filter` matches.
+    pub fn load_dir_matching(directory: &Path, filter: &RecordFilter) -> Result<Self, QueryError> {
         let read_dir_error = |source| QueryError::ReadDir {
             path: directory.to_owned(),
             source,
@@ -83,7 +116,9 @@ impl NatLogIndex {
         let mut skipped_lines = 0;
         for path in &paths {
             match File::open(path) {
-                Ok(file) => skipped_lines += read_records(BufReader::new(file), &mut records),
+                Ok(file) => {
+                    skipped_lines += read_records(BufReader::new(file), filter, &mut records)
+                }
                 // Rotated away between listing and opening: its mappings are gone anyway.
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => {
@@ -200,8 +235,13 @@ impl NatLogIndex {
     }
 }
 
-/// Appends the records of one file; returns how many lines were not records.
-fn read_records(reader: impl BufRead, records: &mut Vec<NatLogRecord>) -> u64 {
+/// Appends the matching records of one file; returns how many lines were not records.
+fn read_records(
+    reader: impl BufRead,
+    filter: &RecordFilter,
+    records: &mut Vec<NatLogRecord>,
+) -> u64 {
+    let needle = filter.needle();
     let mut skipped = 0;
     for line in reader.split(b'\n') {
         let Ok(line) = line else {
@@ -211,8 +251,17 @@ fn read_records(reader: impl BufRead, records: &mut Vec<NatLogRecord>) -> u64 {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        if let Some(needle) = &needle {
+            // Not UTF-8 is not a record either; the parse below counts it.
+            let mentioned =
+                std::str::from_utf8(&line).map_or(true, |text| text.contains(needle.as_str()));
+            if !mentioned {
+                continue;
+            }
+        }
         match serde_json::from_slice::<NatLogRecord>(&line) {
-            Ok(record) => records.push(record),
+            Ok(record) if filter.matches(&record) => records.push(record),
+            Ok(_) => {}
             Err(_) => skipped += 1,
         }
     }
@@ -278,7 +327,25 @@ mod tests {
         .unwrap();
         let text = format!("{good}\nnot json\n\n{good}\n\0\0\0{{\"ts\":\"2026");
         let mut records = Vec::new();
-        assert_eq!(read_records(text.as_bytes(), &mut records), 2);
+        assert_eq!(
+            read_records(text.as_bytes(), &RecordFilter::default(), &mut records),
+            2
+        );
         assert_eq!(records.len(), 2);
+        // With a filter, lines that cannot match are not even parsed (nor counted).
+        let filter = RecordFilter {
+            external: Some("198.51.100.1:1".parse().unwrap()),
+            ..RecordFilter::default()
+        };
+        records.clear();
+        assert_eq!(read_records(text.as_bytes(), &filter, &mut records), 0);
+        assert_eq!(records.len(), 2);
+        let other = RecordFilter {
+            pod: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            ..RecordFilter::default()
+        };
+        records.clear();
+        read_records(text.as_bytes(), &other, &mut records);
+        assert!(records.is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use egw_natlog::{
     queue, ActiveBackend, EventKind, IoBackend, LogProtocol, NatEvent, NatLogConfig, NatLogError,
-    NatLogIndex, NatLogRecord, NatLogWriter, UnixMillis,
+    NatLogIndex, NatLogRecord, NatLogWriter, RecordFilter, UnixMillis,
 };
 
 const T0: i64 = 1_795_240_000_000;
@@ -158,6 +158,14 @@ fn the_right_pod_is_found_across_rotations_and_port_reuse() {
     let mut probes = 0;
     for port in [1000u16, 1001, 1013, 1019] {
         let external = SocketAddrV4::new(external_ip, port);
+        // What egwctl does: read only this endpoint's records.
+        let filter = RecordFilter {
+            external: Some(external),
+            ..RecordFilter::default()
+        };
+        let only_this_port = NatLogIndex::load_dir_matching(dir.path(), &filter).unwrap();
+        let mappings_of_port = truth.iter().filter(|(ext, ..)| *ext == external).count();
+        assert_eq!(only_this_port.mappings.len(), mappings_of_port);
         for at in (T0 - 1000..T0 + 52_000).step_by(250).chain([
             T0,
             T0 + 999,
@@ -180,6 +188,12 @@ fn the_right_pod_is_found_across_rotations_and_port_reuse() {
                 "port {port} at T0{:+}",
                 at - T0
             );
+            let found_filtered: BTreeSet<_> = only_this_port
+                .holders_of(external, UnixMillis(at), None)
+                .iter()
+                .map(|mapping| (mapping.pod, mapping.remote))
+                .collect();
+            assert_eq!(found_filtered, found);
             probes += 1;
         }
     }
