@@ -13,6 +13,9 @@
 //! events are dropped and counted. One writer thread ([`NatLogWriter`]) formats
 //! them into rotating files written through io_uring (plain writes where io_uring
 //! is unavailable). [`NatLogIndex`] reads the files back and answers queries.
+//! Optionally the same events go to an IPFIX collector ([`ipfix`], RFC 7011 with
+//! RFC 8158 NAT44 session records). [`NatLogStats`] has the counters to export
+//! (`egw_natlog_events_dropped_total` is `events_dropped`).
 //!
 //! ```no_run
 //! use egw_natlog::{NatLogConfig, NatLogWriter};
