@@ -68,6 +68,9 @@ pub enum Command {
     Stats(StatsArgs),
     /// Stop (or with --undo resume) new flows on an external IP.
     Drain(DrainArgs),
+    /// Query NAT log files (offline: no gateway needed).
+    #[command(subcommand)]
+    NatLog(crate::natlog::NatLogCommand),
     /// Print a shell completion script.
     Completion {
         /// The shell.

@@ -30,6 +30,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         clap_complete::generate(shell, &mut Cli::command(), "egwctl", out);
         return Ok(());
     }
+    if let Command::NatLog(command) = cli.command {
+        return crate::natlog::run(command, cli.output, out);
+    }
     let target = Target::resolve(&cli, ConfigFile::load(cli.config.as_deref())?)?;
     let channel = target.connect().await?;
     let mut client = GatewayClient::new(channel)
@@ -45,7 +48,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Flows(args) => flows(&mut client, args, format, out).await,
         Command::Stats(args) => stats(&mut client, args, format, out).await,
         Command::Drain(args) => drain(&mut client, args, format, out).await,
-        Command::Completion { .. } => Ok(()),
+        Command::Completion { .. } | Command::NatLog(_) => Ok(()),
     };
     result.map_err(|error| explain_transport(error, &target))
 }

@@ -88,6 +88,9 @@ pub enum CliError {
     /// The gateway sent something egwctl cannot display.
     #[error("unexpected reply from the gateway: {0}")]
     Reply(String),
+    /// NAT log files could not be read.
+    #[error(transparent)]
+    NatLog(#[from] egw_natlog::QueryError),
     /// Writing output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

@@ -8,6 +8,7 @@ pub mod args;
 mod commands;
 pub mod connect;
 pub mod error;
+pub mod natlog;
 pub mod render;
 pub mod views;
 
