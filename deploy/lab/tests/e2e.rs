@@ -92,7 +92,7 @@ mod scenarios {
                 gateway.label()
             );
         }
-        let reports = demo::probe_all(&lab).unwrap();
+        let reports = demo::probe_all(&lab, demo::ExpectationSource::LabConfig).unwrap();
         assert_eq!(reports.len(), 3);
         assert!(
             reports.iter().all(demo::PodReport::ok),
@@ -208,7 +208,7 @@ fn one_armed_egress_address_per_pod() {
         let mut config = config(2);
         config.arms = egw_lab::Arms::One;
         let lab = Lab::up(config, gateway.clone()).unwrap();
-        let reports = demo::probe_all(&lab).unwrap();
+        let reports = demo::probe_all(&lab, demo::ExpectationSource::LabConfig).unwrap();
         assert_eq!(reports.len(), 2);
         assert!(
             reports.iter().all(demo::PodReport::ok),
