@@ -1,0 +1,1029 @@
+//! `egw-bench compare`: one lab per contestant, the same load through each, one after another.
+//!
+//! Contestants:
+//! - `egw`: egw-gateway with the lab's SNAT route table;
+//! - `kernel`: Linux forwarding + nftables SNAT + conntrack, conntrack sized for the flow count;
+//! - `ceiling`: egw-gateway with a route table that bypasses (forwards without NAT) everything:
+//!   the same AF_XDP path with no NAT work, i.e. what the I/O alone allows here. The internet
+//!   namespace gets a route back to the pod CIDR for it.
+//!
+//! Each point: the receiver starts in the internet namespace, the generators (one per worker,
+//! each in its own pod) run for the point's duration, and `/proc/stat` is sampled around them.
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use egw_lab::gateway::{write_atomically, EgwGatewayConfig, RouteTable};
+use egw_lab::topology::{GW_INSIDE_IF, GW_OUTSIDE_ADDRESS, HOST_IF, MIRROR_ADDRESS, POD_CIDR};
+use egw_lab::{Gateway, Lab, LabConfig, LabError, ScopedChild};
+use serde::{Deserialize, Serialize};
+
+use crate::cpu::{CpuDelta, CpuError, CpuSample};
+use crate::generate::{TcpReport, UdpReport};
+use crate::receive::ReceiveReport;
+
+/// TCP port of the receiver's listener in the connections-per-second run.
+pub const CPS_PORT: u16 = 9100;
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const GATEWAY_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Extra time a generator process may take beyond its run (start-up, ARP, drain).
+const PROCESS_SLACK: Duration = Duration::from_secs(20);
+const BASELINE_WINDOW: Duration = Duration::from_secs(1);
+/// Packets a generator may send per second of its run, as its `--count` bound.
+const COUNT_PER_SECOND: u64 = 20_000_000;
+/// Time for egw-gateway to apply a route table after SIGHUP.
+const RELOAD_SETTLE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("lab: {0}")]
+    Lab(#[from] LabError),
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    #[error("{what}: {detail}")]
+    Step { what: String, detail: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid settings: {0}")]
+    Config(String),
+}
+
+fn step(what: impl Into<String>, detail: impl ToString) -> CompareError {
+    CompareError::Step {
+        what: what.into(),
+        detail: detail.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Contestant {
+    Egw,
+    Kernel,
+    Ceiling,
+}
+
+impl Contestant {
+    pub const ALL: [Contestant; 3] = [Contestant::Egw, Contestant::Kernel, Contestant::Ceiling];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Contestant::Egw => "egw",
+            Contestant::Kernel => "kernel",
+            Contestant::Ceiling => "ceiling",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|contestant| contestant.label() == text)
+    }
+}
+
+/// `quick`: a few seconds per point, reduced sweep (about 2–3 minutes here).
+/// `full`: the whole sweep, 10 s per point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Quick,
+    Full,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompareSettings {
+    pub profile: Profile,
+    pub flows: Vec<u32>,
+    pub frame_sizes: Vec<usize>,
+    pub seconds: u64,
+    pub cps: bool,
+    pub cps_parallel: usize,
+    pub workers: Vec<u32>,
+    pub contestants: Vec<Contestant>,
+    /// Packets per second per generator; `None`: as fast as possible.
+    pub rate: Option<u64>,
+    pub gateway_bin: Option<PathBuf>,
+    /// This executable (run inside the namespaces as generator and receiver).
+    pub bench_bin: PathBuf,
+    pub out_dir: PathBuf,
+    /// Raise the host's (initial namespace's) conntrack limit and hash size when the flow count
+    /// needs it; restored afterwards. Without it the kernel contestant is capped by the host.
+    pub tune_host_conntrack: bool,
+    pub progress: bool,
+}
+
+impl CompareSettings {
+    pub fn for_profile(profile: Profile, bench_bin: PathBuf, out_dir: PathBuf) -> Self {
+        let (flows, frame_sizes, seconds) = match profile {
+            Profile::Quick => (vec![1_000, 1_000_000], vec![64, 1514], 3),
+            Profile::Full => (vec![1_000, 100_000, 1_000_000], vec![64, 512, 1514], 10),
+        };
+        CompareSettings {
+            profile,
+            flows,
+            frame_sizes,
+            seconds,
+            cps: true,
+            cps_parallel: 64,
+            workers: vec![1],
+            contestants: Contestant::ALL.to_vec(),
+            rate: None,
+            gateway_bin: None,
+            bench_bin,
+            out_dir,
+            tune_host_conntrack: true,
+            progress: true,
+        }
+    }
+
+    /// Rough wall time: every point plus lab set-up, per contestant and worker count.
+    pub fn estimated_seconds(&self) -> u64 {
+        let points = (self.flows.len() * self.frame_sizes.len() + usize::from(self.cps)) as u64;
+        let per_contestant = points * (self.seconds + 2) + 6;
+        per_contestant * self.contestants.len() as u64 * self.workers.len() as u64
+    }
+
+    fn validate(&self) -> Result<(), CompareError> {
+        if self.seconds == 0 || self.seconds > 120 {
+            return Err(CompareError::Config(
+                "seconds per point must be in 1..=120".to_owned(),
+            ));
+        }
+        if self
+            .workers
+            .iter()
+            .any(|workers| !(1..=64).contains(workers))
+        {
+            return Err(CompareError::Config("workers must be in 1..=64".to_owned()));
+        }
+        if self.contestants.is_empty() || (self.flows.is_empty() && !self.cps) {
+            return Err(CompareError::Config("nothing to run".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadKind {
+    Udp,
+    Cps,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PointStatus {
+    Ok,
+    NotRun,
+    Failed,
+}
+
+/// One measured (or skipped) point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PointResult {
+    pub contestant: Contestant,
+    pub workers: u32,
+    pub kind: LoadKind,
+    pub flows: u32,
+    pub frame_len: usize,
+    pub status: PointStatus,
+    pub note: String,
+    pub generators: Vec<UdpReport>,
+    pub connectors: Vec<TcpReport>,
+    pub receiver: Option<ReceiveReport>,
+    pub cpu: Option<CpuDelta>,
+    /// Busy CPU fraction of the machine just before the contestant's points, with nothing of
+    /// ours running: the other tenants' share.
+    pub baseline_utilisation: f64,
+    /// Packets (or connections) per second that arrived with the right source.
+    pub delivered_per_s: f64,
+    /// Machine CPU nanoseconds per delivered packet (or connection), baseline subtracted.
+    pub cpu_ns_per_unit: Option<f64>,
+    pub sent: u64,
+    pub delivered: u64,
+    pub loss_fraction: f64,
+}
+
+impl PointResult {
+    fn skipped(
+        contestant: Contestant,
+        workers: u32,
+        kind: LoadKind,
+        flows: u32,
+        frame_len: usize,
+        status: PointStatus,
+        note: &str,
+    ) -> Self {
+        PointResult {
+            contestant,
+            workers,
+            kind,
+            flows,
+            frame_len,
+            status,
+            note: note.to_owned(),
+            generators: Vec::new(),
+            connectors: Vec::new(),
+            receiver: None,
+            cpu: None,
+            baseline_utilisation: 0.0,
+            delivered_per_s: 0.0,
+            cpu_ns_per_unit: None,
+            sent: 0,
+            delivered: 0,
+            loss_fraction: 0.0,
+        }
+    }
+}
+
+/// Machine and environment facts written with the results.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MachineInfo {
+    pub host: String,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub memory_gib: f64,
+}
+
+impl MachineInfo {
+    pub fn collect() -> Self {
+        let read = |path: &str| {
+            fs::read_to_string(path)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let cpuinfo = read("/proc/cpuinfo");
+        let meminfo = read("/proc/meminfo");
+        MachineInfo {
+            host: read("/proc/sys/kernel/hostname"),
+            kernel: read("/proc/sys/kernel/osrelease"),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+                .unwrap_or_default(),
+            cpus: thread::available_parallelism().map_or(1, usize::from),
+            memory_gib: meminfo
+                .lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse::<f64>().ok())
+                .map_or(0.0, |kib| kib / 1024.0 / 1024.0),
+        }
+    }
+}
+
+/// Everything `compare` produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompareReport {
+    pub date: String,
+    pub machine: MachineInfo,
+    pub settings: CompareSettings,
+    pub gateway_bin: Option<String>,
+    /// Per contestant: conntrack sizing, offload state, XDP modes, anything needed to read the
+    /// numbers right.
+    pub notes: Vec<String>,
+    pub points: Vec<PointResult>,
+    pub wall_seconds: f64,
+}
+
+/// The paths `compare` wrote.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    pub json: PathBuf,
+    pub markdown: PathBuf,
+    pub svg: PathBuf,
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Today (UTC) as `YYYY-MM-DD`.
+pub fn today() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Runs every contestant and writes the results into `settings.out_dir`.
+pub fn run(settings: &CompareSettings) -> Result<(CompareReport, Outputs), CompareError> {
+    settings.validate()?;
+    let started = Instant::now();
+    let gateway_bin = egw_lab::find_gateway_binary(settings.gateway_bin.as_deref()).ok();
+    let mut notes = Vec::new();
+    let mut points = Vec::new();
+    let _host_conntrack =
+        if settings.contestants.contains(&Contestant::Kernel) && settings.tune_host_conntrack {
+            HostConntrack::raise(conntrack_needed(settings), &mut notes)
+        } else {
+            None
+        };
+    for &workers in &settings.workers {
+        for &contestant in &settings.contestants {
+            let needs_egw = contestant != Contestant::Kernel;
+            match (&gateway_bin, needs_egw) {
+                (None, true) => {
+                    points.extend(planned_points(settings, contestant, workers).into_iter().map(
+                        |(kind, flows, frame_len)| {
+                            PointResult::skipped(contestant, workers, kind, flows, frame_len, PointStatus::NotRun, "egw-gateway binary not found (--gateway-bin / EGW_GATEWAY_BIN)")
+                        },
+                    ));
+                }
+                (binary, _) => {
+                    match run_contestant(
+                        settings,
+                        contestant,
+                        workers,
+                        binary.as_deref(),
+                        &mut notes,
+                    ) {
+                        Ok(mut results) => points.append(&mut results),
+                        Err(error) => {
+                            let note = format!("{}: {error}", contestant.label());
+                            eprintln!("egw-bench: {note}");
+                            points.extend(
+                                planned_points(settings, contestant, workers)
+                                    .into_iter()
+                                    .map(|(kind, flows, frame_len)| {
+                                        PointResult::skipped(
+                                            contestant,
+                                            workers,
+                                            kind,
+                                            flows,
+                                            frame_len,
+                                            PointStatus::Failed,
+                                            &note,
+                                        )
+                                    }),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let report = CompareReport {
+        date: today(),
+        machine: MachineInfo::collect(),
+        settings: settings.clone(),
+        gateway_bin: gateway_bin.map(|path| path.display().to_string()),
+        notes,
+        points,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    let outputs = crate::report::write_all(&report, &settings.out_dir)?;
+    Ok((report, outputs))
+}
+
+fn planned_points(
+    settings: &CompareSettings,
+    contestant: Contestant,
+    _workers: u32,
+) -> Vec<(LoadKind, u32, usize)> {
+    let mut planned = Vec::new();
+    for &flows in &settings.flows {
+        for &frame_len in &settings.frame_sizes {
+            planned.push((LoadKind::Udp, flows, frame_len));
+        }
+    }
+    if settings.cps && contestant != Contestant::Ceiling {
+        planned.push((LoadKind::Cps, 0, 0));
+    }
+    planned
+}
+
+fn conntrack_needed(settings: &CompareSettings) -> u64 {
+    let flows = settings.flows.iter().copied().max().unwrap_or(0);
+    // Twice the flows: UDP entries linger 30-120 s, so one point's flows outlive it.
+    (u64::from(flows) * 2).max(65_536)
+}
+
+fn sysctl_read(name: &str) -> Option<u64> {
+    let path = format!("/proc/sys/{}", name.replace('.', "/"));
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn sysctl_write(name: &str, value: u64) -> std::io::Result<()> {
+    fs::write(
+        format!("/proc/sys/{}", name.replace('.', "/")),
+        value.to_string(),
+    )
+}
+
+/// The host's conntrack limit and hash size, raised for the run and put back when dropped.
+/// A namespace's `nf_conntrack_max` cannot exceed the initial namespace's, and the hash size
+/// is global, so sizing conntrack for 1 M flows needs the host values.
+struct HostConntrack {
+    previous_max: u64,
+    previous_buckets: u64,
+}
+
+impl HostConntrack {
+    fn raise(needed: u64, notes: &mut Vec<String>) -> Option<Self> {
+        let (Some(previous_max), Some(previous_buckets)) = (
+            sysctl_read("net.netfilter.nf_conntrack_max"),
+            sysctl_read("net.netfilter.nf_conntrack_buckets"),
+        ) else {
+            notes.push(
+                "kernel: host conntrack sysctls unreadable (nf_conntrack not loaded?); not tuned"
+                    .to_owned(),
+            );
+            return None;
+        };
+        if previous_max >= needed {
+            notes.push(format!(
+                "kernel: host nf_conntrack_max {previous_max} already >= {needed}"
+            ));
+            return None;
+        }
+        let buckets = (needed / 2).next_power_of_two().max(previous_buckets);
+        let result = sysctl_write("net.netfilter.nf_conntrack_max", needed)
+            .and_then(|()| sysctl_write("net.netfilter.nf_conntrack_buckets", buckets));
+        match result {
+            Ok(()) => {
+                notes.push(format!(
+                    "kernel: host nf_conntrack_max {previous_max} -> {needed}, buckets {previous_buckets} -> {buckets} for the run (restored after)"
+                ));
+                Some(HostConntrack {
+                    previous_max,
+                    previous_buckets,
+                })
+            }
+            Err(error) => {
+                let _ = sysctl_write("net.netfilter.nf_conntrack_max", previous_max);
+                notes.push(format!("kernel: raising host conntrack limits failed ({error}); kernel capped at {previous_max} entries"));
+                None
+            }
+        }
+    }
+}
+
+impl Drop for HostConntrack {
+    fn drop(&mut self) {
+        let _ = sysctl_write("net.netfilter.nf_conntrack_buckets", self.previous_buckets);
+        let _ = sysctl_write("net.netfilter.nf_conntrack_max", self.previous_max);
+    }
+}
+
+/// egw-gateway started by the bench itself (not `Lab::start_gateway`) so it can choose the
+/// worker count and the route table.
+struct EgwProcess {
+    child: ScopedChild,
+    table_path: PathBuf,
+}
+
+impl EgwProcess {
+    fn start(
+        lab: &Lab,
+        binary: &Path,
+        workers: u32,
+        table_yaml: Option<String>,
+    ) -> Result<Self, CompareError> {
+        let gw = lab.gateway_namespace();
+        lab.run_in(
+            &gw,
+            "sysctl",
+            &[
+                "-q".to_owned(),
+                "-w".to_owned(),
+                "net.ipv4.ip_forward=0".to_owned(),
+            ],
+            Duration::from_secs(20),
+        )?;
+        let dir = lab.workdir();
+        let mut config = EgwGatewayConfig::for_lab(lab.config(), dir);
+        config.workers = workers;
+        let table = match table_yaml {
+            Some(yaml) => yaml,
+            None => RouteTable::for_lab(lab.config(), 1).to_yaml()?,
+        };
+        write_atomically(&config.route_table_file, &table)?;
+        let config_path = dir.join("egw-bench-gateway.yaml");
+        write_atomically(&config_path, &config.to_yaml()?)?;
+        let mut child = lab.spawn_in(
+            &gw,
+            "egw-gateway",
+            binary,
+            &["--config".to_owned(), config_path.display().to_string()],
+        )?;
+        let socket = config.control.unix_socket.clone();
+        let start = Instant::now();
+        while !socket.exists() {
+            if let Some(status) = child.exited() {
+                return Err(step(
+                    "egw-gateway exited",
+                    format!("{status}: {}", child.log_tail(3000)),
+                ));
+            }
+            if start.elapsed() > GATEWAY_READY_TIMEOUT {
+                return Err(step("egw-gateway not ready", child.log_tail(3000)));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(RELOAD_SETTLE);
+        Ok(EgwProcess {
+            child,
+            table_path: config.route_table_file,
+        })
+    }
+
+    fn check_alive(&mut self) -> Result<(), CompareError> {
+        match self.child.exited() {
+            Some(status) => Err(step(
+                "egw-gateway died",
+                format!("{status}: {}", self.child.log_tail(3000)),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A route table that forwards every pod's traffic unchanged: same AF_XDP path, no NAT.
+pub fn bypass_route_table() -> String {
+    format!(
+        "generation: 1\npools: []\npolicies:\n- name: bypass-all\n  rules:\n  - destination: 0.0.0.0/0\n    bypass: true\nsources:\n- cidr: {POD_CIDR}\n  policy: bypass-all\n"
+    )
+}
+
+fn lab_for(settings: &CompareSettings, workers: u32) -> Result<Lab, CompareError> {
+    let config = LabConfig::new(workers as usize, settings.bench_bin.clone())?;
+    Ok(Lab::build(config)?)
+}
+
+fn read_in(lab: &Lab, namespace: &str, path: &str) -> Result<String, CompareError> {
+    Ok(lab
+        .run_in(
+            namespace,
+            "cat",
+            &[path.to_owned()],
+            Duration::from_secs(20),
+        )?
+        .stdout
+        .trim()
+        .to_owned())
+}
+
+fn offload_state(lab: &Lab, namespace: &str, device: &str) -> String {
+    lab.run_in(
+        namespace,
+        "ethtool",
+        &["-k".to_owned(), device.to_owned()],
+        Duration::from_secs(20),
+    )
+    .map(|output| {
+        output
+            .stdout
+            .lines()
+            .filter(|line| {
+                line.starts_with("generic-receive-offload") || line.starts_with("rx-gro-list")
+            })
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+    .unwrap_or_else(|error| format!("unknown ({error})"))
+}
+
+/// Builds a lab, starts `contestant`, runs every point.
+fn run_contestant(
+    settings: &CompareSettings,
+    contestant: Contestant,
+    workers: u32,
+    gateway_bin: Option<&Path>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<PointResult>, CompareError> {
+    eprintln!("egw-bench: {} with {workers} worker(s)", contestant.label());
+    let mut lab = lab_for(settings, workers)?;
+    let gw = lab.gateway_namespace();
+    let inet = lab.inet_namespace();
+    let mut egw = None;
+    let expected: Vec<Ipv4Addr> = match contestant {
+        Contestant::Ceiling => lab.config().pods.iter().map(|pod| pod.address).collect(),
+        _ => lab
+            .config()
+            .pods
+            .iter()
+            .map(|pod| lab.config().pool_address(&pod.pool))
+            .collect::<Result<_, _>>()?,
+    };
+    match contestant {
+        Contestant::Kernel => {
+            lab.start_gateway(Gateway::Kernel)?;
+            let needed = conntrack_needed(settings);
+            let host_max = sysctl_read("net.netfilter.nf_conntrack_max").unwrap_or(needed);
+            let wanted = needed.min(host_max);
+            let set = lab.run_in(
+                &gw,
+                "sysctl",
+                &[
+                    "-q".to_owned(),
+                    "-w".to_owned(),
+                    format!("net.netfilter.nf_conntrack_max={wanted}"),
+                ],
+                Duration::from_secs(20),
+            );
+            let actual =
+                read_in(&lab, &gw, "/proc/sys/net/netfilter/nf_conntrack_max").unwrap_or_default();
+            let buckets = read_in(&lab, &gw, "/proc/sys/net/netfilter/nf_conntrack_buckets")
+                .unwrap_or_default();
+            notes.push(format!(
+                "kernel: gateway namespace nf_conntrack_max={actual} (wanted {needed}{}), buckets={buckets}; GRO gw-in: {}; gw-out: {}",
+                set.err().map(|error| format!("; setting failed: {error}")).unwrap_or_default(),
+                offload_state(&lab, &gw, GW_INSIDE_IF),
+                offload_state(&lab, &gw, "gw-out"),
+            ));
+        }
+        Contestant::Egw | Contestant::Ceiling => {
+            let binary = gateway_bin.ok_or_else(|| step("egw-gateway", "binary not found"))?;
+            let table = (contestant == Contestant::Ceiling).then(bypass_route_table);
+            if contestant == Contestant::Ceiling {
+                lab.run_in(
+                    &inet,
+                    "ip",
+                    &[
+                        "route",
+                        "add",
+                        POD_CIDR,
+                        "via",
+                        &GW_OUTSIDE_ADDRESS.to_string(),
+                    ]
+                    .map(str::to_owned),
+                    Duration::from_secs(20),
+                )?;
+            }
+            let process = EgwProcess::start(&lab, binary, workers, table)?;
+            notes.push(format!(
+                "{}: egw-gateway workers={workers}, route table {}; GRO gw-in: {}",
+                contestant.label(),
+                process.table_path.display(),
+                offload_state(&lab, &gw, GW_INSIDE_IF)
+            ));
+            egw = Some(process);
+        }
+    }
+    let gateway_mac = read_in(&lab, &gw, &format!("/sys/class/net/{GW_INSIDE_IF}/address"))?;
+    let baseline = {
+        let before = CpuSample::now()?;
+        thread::sleep(BASELINE_WINDOW);
+        CpuSample::now()?.since(&before).utilisation()
+    };
+    let mut results = Vec::new();
+    for (index, (kind, flows, frame_len)) in planned_points(settings, contestant, workers)
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(process) = egw.as_mut() {
+            process.check_alive()?;
+        }
+        let point = Point {
+            lab: &lab,
+            settings,
+            contestant,
+            workers,
+            kind,
+            flows,
+            frame_len,
+            index,
+            expected: &expected,
+            gateway_mac: &gateway_mac,
+            baseline,
+        };
+        let result = point.run().unwrap_or_else(|error| {
+            let mut failed = PointResult::skipped(
+                contestant,
+                workers,
+                kind,
+                flows,
+                frame_len,
+                PointStatus::Failed,
+                &error.to_string(),
+            );
+            failed.baseline_utilisation = baseline;
+            failed
+        });
+        eprintln!(
+            "egw-bench: {:<7} {:?} flows={:<8} size={:<5} -> {:.0}/s delivered, loss {:.2}%, cpu {} ns/unit{}",
+            contestant.label(),
+            kind,
+            flows,
+            frame_len,
+            result.delivered_per_s,
+            result.loss_fraction * 100.0,
+            result.cpu_ns_per_unit.map_or("-".to_owned(), |ns| format!("{ns:.0}")),
+            if result.note.is_empty() { String::new() } else { format!(" ({})", result.note) }
+        );
+        results.push(result);
+    }
+    drop(egw);
+    lab.teardown()?;
+    Ok(results)
+}
+
+struct Point<'a> {
+    lab: &'a Lab,
+    settings: &'a CompareSettings,
+    contestant: Contestant,
+    workers: u32,
+    kind: LoadKind,
+    flows: u32,
+    frame_len: usize,
+    index: usize,
+    expected: &'a [Ipv4Addr],
+    gateway_mac: &'a str,
+    baseline: f64,
+}
+
+impl Point<'_> {
+    fn file(&self, name: &str) -> PathBuf {
+        self.lab
+            .workdir()
+            .join(format!("point{}-{name}", self.index))
+    }
+
+    fn wait_for(
+        child: &mut ScopedChild,
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<(), CompareError> {
+        let start = Instant::now();
+        while !path.exists() {
+            if let Some(status) = child.exited() {
+                return Err(step(
+                    format!("{} exited early", child.label()),
+                    format!("{status}: {}", child.log_tail(3000)),
+                ));
+            }
+            if start.elapsed() > timeout {
+                return Err(step(
+                    format!("{} not ready", child.label()),
+                    child.log_tail(3000),
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, CompareError> {
+        let text = fs::read_to_string(path).map_err(|source| CompareError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|error| step(format!("parsing {}", path.display()), error))
+    }
+
+    fn run(&self) -> Result<PointResult, CompareError> {
+        let lab = self.lab;
+        let seconds = self.settings.seconds;
+        let (ready, stop, received_json) = (
+            self.file("receive.ready"),
+            self.file("receive.stop"),
+            self.file("receive.json"),
+        );
+        let mut receiver_args: Vec<String> = vec![
+            "receive".into(),
+            "--interface".into(),
+            HOST_IF.into(),
+            "--duration".into(),
+            (seconds + PROCESS_SLACK.as_secs()).to_string(),
+            "--stop-file".into(),
+            stop.display().to_string(),
+            "--ready-file".into(),
+            ready.display().to_string(),
+            "--json-out".into(),
+            received_json.display().to_string(),
+        ];
+        for source in self.expected {
+            receiver_args.extend(["--expect-source".into(), source.to_string()]);
+        }
+        let cps_target = SocketAddrV4::new(MIRROR_ADDRESS, CPS_PORT);
+        if self.kind == LoadKind::Cps {
+            receiver_args.extend([
+                "--tcp-listen".into(),
+                cps_target.to_string(),
+                "--no-udp".into(),
+            ]);
+        }
+        let mut receiver = lab.spawn_in(
+            &lab.inet_namespace(),
+            &format!("point{}-receive", self.index),
+            &self.settings.bench_bin,
+            &receiver_args,
+        )?;
+        Self::wait_for(&mut receiver, &ready, READY_TIMEOUT)?;
+
+        let pods = lab.config().pods.clone();
+        let flows_per_generator = self.flows.div_ceil(self.workers).max(1);
+        let mut generators = Vec::new();
+        let cpu_before = CpuSample::now()?;
+        for (generator_index, pod) in pods.iter().enumerate() {
+            let output = self.file(&format!("generate{generator_index}.json"));
+            let mut args: Vec<String> = match self.kind {
+                LoadKind::Udp => {
+                    let mut args: Vec<String> = vec![
+                        "generate".into(),
+                        "--interface".into(),
+                        HOST_IF.into(),
+                        "--destination".into(),
+                        MIRROR_ADDRESS.to_string(),
+                        "--source".into(),
+                        pod.address.to_string(),
+                        "--dst-mac".into(),
+                        self.gateway_mac.to_owned(),
+                        "--flows".into(),
+                        flows_per_generator.to_string(),
+                        "--size".into(),
+                        self.frame_len.to_string(),
+                    ];
+                    if let Some(rate) = self.settings.rate {
+                        args.extend(["--rate".into(), rate.to_string()]);
+                    }
+                    args
+                }
+                LoadKind::Cps => vec![
+                    "generate".into(),
+                    "--mode".into(),
+                    "tcp".into(),
+                    "--target".into(),
+                    cps_target.to_string(),
+                    "--parallel".into(),
+                    self.settings.cps_parallel.to_string(),
+                ],
+            };
+            args.extend([
+                "--duration".into(),
+                seconds.to_string(),
+                "--count".into(),
+                (seconds * COUNT_PER_SECOND).to_string(),
+                "--json-out".into(),
+                output.display().to_string(),
+            ]);
+            let namespace = lab.pod_namespace(&pod.name)?;
+            let child = lab.spawn_in(
+                &namespace,
+                &format!("point{}-generate{generator_index}", self.index),
+                &self.settings.bench_bin,
+                &args,
+            )?;
+            generators.push((child, output));
+        }
+        let mut generator_failures = Vec::new();
+        let mut outputs = Vec::new();
+        for (child, output) in generators {
+            let label = child.label().to_owned();
+            let tail = child.log_tail(2000);
+            match child.wait_or_kill(Duration::from_secs(seconds) + PROCESS_SLACK) {
+                Ok(status) if status.success() => outputs.push(output),
+                Ok(status) => generator_failures.push(format!("{label}: {status}: {tail}")),
+                Err(error) => generator_failures.push(format!("{label}: {error}")),
+            }
+        }
+        let cpu = CpuSample::now()?.since(&cpu_before);
+        fs::write(&stop, b"stop\n").map_err(|source| CompareError::Io {
+            path: stop.clone(),
+            source,
+        })?;
+        let receiver_label = receiver.label().to_owned();
+        let receiver_status = receiver.wait_or_kill(Duration::from_secs(10))?;
+        if !generator_failures.is_empty() {
+            return Err(step("generator failed", generator_failures.join("; ")));
+        }
+        if !receiver_status.success() {
+            return Err(step(
+                receiver_label,
+                format!("exited with {receiver_status}"),
+            ));
+        }
+        let received: ReceiveReport = Self::read_json(&received_json)?;
+        let mut result = PointResult::skipped(
+            self.contestant,
+            self.workers,
+            self.kind,
+            self.flows,
+            self.frame_len,
+            PointStatus::Ok,
+            "",
+        );
+        result.baseline_utilisation = self.baseline;
+        result.cpu = Some(cpu);
+        match self.kind {
+            LoadKind::Udp => {
+                for output in &outputs {
+                    result.generators.push(Self::read_json(output)?);
+                }
+                result.sent = result.generators.iter().map(|report| report.sent).sum();
+                result.delivered = received.packets - received.source_mismatches;
+                let seconds = received.seconds.max(f64::EPSILON);
+                result.delivered_per_s = result.delivered as f64 / seconds;
+            }
+            LoadKind::Cps => {
+                for output in &outputs {
+                    result.connectors.push(Self::read_json(output)?);
+                }
+                result.sent = result
+                    .connectors
+                    .iter()
+                    .map(|report| report.connected + report.failed)
+                    .sum();
+                result.delivered = received.tcp_accepted - received.tcp_source_mismatches;
+                let seconds = result
+                    .connectors
+                    .iter()
+                    .map(|report| report.seconds)
+                    .fold(0.0, f64::max)
+                    .max(f64::EPSILON);
+                result.delivered_per_s = result.delivered as f64 / seconds;
+            }
+        }
+        if result.sent > 0 {
+            result.loss_fraction =
+                result.sent.saturating_sub(result.delivered) as f64 / result.sent as f64;
+        }
+        if result.delivered > 0 {
+            let own_busy = (cpu.busy_cpu_seconds - self.baseline * cpu.total_cpu_seconds).max(0.0);
+            result.cpu_ns_per_unit = Some(own_busy * 1e9 / result.delivered as f64);
+        }
+        let mismatches = received.source_mismatches + received.tcp_source_mismatches;
+        if mismatches > 0 {
+            result.note = format!(
+                "{mismatches} arrived from the wrong source (first: {})",
+                received.first_mismatch.clone().unwrap_or_default()
+            );
+            result.status = PointStatus::Failed;
+        } else if result.delivered == 0 {
+            result.note = "nothing arrived".to_owned();
+            result.status = PointStatus::Failed;
+        }
+        result.receiver = Some(received);
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_778), (2026, 11, 21));
+    }
+
+    #[test]
+    fn bypass_table_routes_the_pod_cidr_without_nat() {
+        let table = bypass_route_table();
+        assert!(table.contains("bypass: true"));
+        assert!(table.contains("cidr: 10.244.0.0/16"));
+        assert!(!table.contains("snat"));
+    }
+
+    #[test]
+    fn quick_profile_is_short_and_points_are_planned_per_contestant() {
+        let settings =
+            CompareSettings::for_profile(Profile::Quick, PathBuf::from("/x"), PathBuf::from("/y"));
+        assert!(
+            settings.estimated_seconds() <= 180,
+            "{}",
+            settings.estimated_seconds()
+        );
+        assert_eq!(planned_points(&settings, Contestant::Kernel, 1).len(), 5);
+        // No return path for TCP when nothing is translated: the ceiling runs UDP only.
+        assert_eq!(planned_points(&settings, Contestant::Ceiling, 1).len(), 4);
+        let full =
+            CompareSettings::for_profile(Profile::Full, PathBuf::from("/x"), PathBuf::from("/y"));
+        assert_eq!(planned_points(&full, Contestant::Egw, 1).len(), 10);
+        assert_eq!(conntrack_needed(&full), 2_000_000);
+    }
+
+    #[test]
+    fn contestants_parse_by_label() {
+        for contestant in Contestant::ALL {
+            assert_eq!(Contestant::parse(contestant.label()), Some(contestant));
+        }
+        assert_eq!(Contestant::parse("nginx"), None);
+    }
+}
