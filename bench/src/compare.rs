@@ -204,8 +204,10 @@ pub struct PointResult {
     pub baseline_utilisation: f64,
     /// Packets (or connections) per second that arrived with the right source.
     pub delivered_per_s: f64,
-    /// Machine CPU nanoseconds per delivered packet (or connection), baseline subtracted.
+    /// Whole-machine busy CPU nanoseconds per delivered packet (or connection).
     pub cpu_ns_per_unit: Option<f64>,
+    /// The same with the baseline (other tenants) subtracted; noisy when they fluctuate.
+    pub cpu_ns_per_unit_net: Option<f64>,
     pub sent: u64,
     pub delivered: u64,
     pub loss_fraction: f64,
@@ -236,6 +238,7 @@ impl PointResult {
             baseline_utilisation: 0.0,
             delivered_per_s: 0.0,
             cpu_ns_per_unit: None,
+            cpu_ns_per_unit_net: None,
             sent: 0,
             delivered: 0,
             loss_fraction: 0.0,
@@ -963,8 +966,10 @@ impl Point<'_> {
                 result.sent.saturating_sub(result.delivered) as f64 / result.sent as f64;
         }
         if result.delivered > 0 {
+            let delivered = result.delivered as f64;
             let own_busy = (cpu.busy_cpu_seconds - self.baseline * cpu.total_cpu_seconds).max(0.0);
-            result.cpu_ns_per_unit = Some(own_busy * 1e9 / result.delivered as f64);
+            result.cpu_ns_per_unit = Some(cpu.busy_cpu_seconds * 1e9 / delivered);
+            result.cpu_ns_per_unit_net = Some(own_busy * 1e9 / delivered);
         }
         let mismatches = received.source_mismatches + received.tcp_source_mismatches;
         if mismatches > 0 {

@@ -166,8 +166,9 @@ pub fn markdown(report: &CompareReport) -> String {
     let _ = writeln!(
         out,
         "Rate = packets (UDP) or connections (TCP) per second that arrived with the right source. \
-         CPU = whole-machine busy CPU ns per delivered unit (from /proc/stat, other tenants' \
-         baseline subtracted). p99 = one-way latency (UDP) or connect time (TCP), µs.\n"
+         CPU = whole-machine busy CPU ns per delivered unit (from /proc/stat over the \
+         generator's run; generator, receiver and any other tenant included — the JSON also has \
+         a baseline-subtracted value). p99 = one-way latency (UDP) or connect time (TCP), µs.\n"
     );
     let _ = writeln!(
         out,
@@ -511,6 +512,7 @@ mod tests {
             baseline_utilisation: 0.0,
             delivered_per_s: rate,
             cpu_ns_per_unit: Some(cpu),
+            cpu_ns_per_unit_net: Some(cpu),
             sent: 0,
             delivered: 0,
             loss_fraction: 0.0,
