@@ -50,14 +50,14 @@ pub fn write_all(report: &CompareReport, dir: &Path) -> Result<Outputs, CompareE
     Ok(outputs)
 }
 
-fn find<'a>(
-    report: &'a CompareReport,
+fn find(
+    report: &CompareReport,
     contestant: Contestant,
     workers: u32,
     kind: LoadKind,
     flows: u32,
     frame_len: usize,
-) -> Option<&'a PointResult> {
+) -> Option<&PointResult> {
     report.points.iter().find(|point| {
         point.contestant == contestant
             && point.workers == workers
