@@ -36,6 +36,8 @@ const BASELINE_WINDOW: Duration = Duration::from_secs(1);
 const COUNT_PER_SECOND: u64 = 20_000_000;
 /// Time for egw-gateway to apply a route table after SIGHUP.
 const RELOAD_SETTLE: Duration = Duration::from_secs(1);
+/// Bound on one warm-up pass (every flow once).
+const WARMUP_MAX_SECONDS: u64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError {
@@ -116,6 +118,9 @@ pub struct CompareSettings {
     /// Raise the host's (initial namespace's) conntrack limit and hash size when the flow count
     /// needs it; restored afterwards. Without it the kernel contestant is capped by the host.
     pub tune_host_conntrack: bool,
+    /// Before each UDP point, send every flow once (unmeasured), so the point measures
+    /// established flows, not flow set-up.
+    pub warmup: bool,
     pub progress: bool,
 }
 
@@ -139,6 +144,7 @@ impl CompareSettings {
             bench_bin,
             out_dir,
             tune_host_conntrack: true,
+            warmup: profile == Profile::Full,
             progress: true,
         }
     }
@@ -146,7 +152,17 @@ impl CompareSettings {
     /// Rough wall time: every point plus lab set-up, per contestant and worker count.
     pub fn estimated_seconds(&self) -> u64 {
         let points = (self.flows.len() * self.frame_sizes.len() + usize::from(self.cps)) as u64;
-        let per_contestant = points * (self.seconds + 2) + 6;
+        // Warm-up sends every flow once; ~100 kpps is what this class of machine forwards.
+        let warmup: u64 = if self.warmup {
+            self.flows
+                .iter()
+                .map(|&flows| u64::from(flows) / 100_000 + 1)
+                .sum::<u64>()
+                * self.frame_sizes.len() as u64
+        } else {
+            0
+        };
+        let per_contestant = points * (self.seconds + 2) + warmup + 6;
         per_contestant * self.contestants.len() as u64 * self.workers.len() as u64
     }
 
@@ -798,52 +814,18 @@ impl Point<'_> {
             .map_err(|error| step(format!("parsing {}", path.display()), error))
     }
 
-    fn run(&self) -> Result<PointResult, CompareError> {
+    fn spawn_generators(
+        &self,
+        tag: &str,
+        count: u64,
+        seconds: u64,
+    ) -> Result<Vec<(ScopedChild, PathBuf)>, CompareError> {
         let lab = self.lab;
-        let seconds = self.settings.seconds;
-        let (ready, stop, received_json) = (
-            self.file("receive.ready"),
-            self.file("receive.stop"),
-            self.file("receive.json"),
-        );
-        let mut receiver_args: Vec<String> = vec![
-            "receive".into(),
-            "--interface".into(),
-            HOST_IF.into(),
-            "--duration".into(),
-            (seconds + PROCESS_SLACK.as_secs()).to_string(),
-            "--stop-file".into(),
-            stop.display().to_string(),
-            "--ready-file".into(),
-            ready.display().to_string(),
-            "--json-out".into(),
-            received_json.display().to_string(),
-        ];
-        for source in self.expected {
-            receiver_args.extend(["--expect-source".into(), source.to_string()]);
-        }
-        let cps_target = SocketAddrV4::new(MIRROR_ADDRESS, CPS_PORT);
-        if self.kind == LoadKind::Cps {
-            receiver_args.extend([
-                "--tcp-listen".into(),
-                cps_target.to_string(),
-                "--no-udp".into(),
-            ]);
-        }
-        let mut receiver = lab.spawn_in(
-            &lab.inet_namespace(),
-            &format!("point{}-receive", self.index),
-            &self.settings.bench_bin,
-            &receiver_args,
-        )?;
-        Self::wait_for(&mut receiver, &ready, READY_TIMEOUT)?;
-
-        let pods = lab.config().pods.clone();
         let flows_per_generator = self.flows.div_ceil(self.workers).max(1);
+        let cps_target = SocketAddrV4::new(MIRROR_ADDRESS, CPS_PORT);
         let mut generators = Vec::new();
-        let cpu_before = CpuSample::now()?;
-        for (generator_index, pod) in pods.iter().enumerate() {
-            let output = self.file(&format!("generate{generator_index}.json"));
+        for (generator_index, pod) in lab.config().pods.iter().enumerate() {
+            let output = self.file(&format!("{tag}{generator_index}.json"));
             let mut args: Vec<String> = match self.kind {
                 LoadKind::Udp => {
                     let mut args: Vec<String> = vec![
@@ -880,30 +862,108 @@ impl Point<'_> {
                 "--duration".into(),
                 seconds.to_string(),
                 "--count".into(),
-                (seconds * COUNT_PER_SECOND).to_string(),
+                count.to_string(),
+                "--quiet".into(),
                 "--json-out".into(),
                 output.display().to_string(),
             ]);
             let namespace = lab.pod_namespace(&pod.name)?;
             let child = lab.spawn_in(
                 &namespace,
-                &format!("point{}-generate{generator_index}", self.index),
+                &format!("point{}-{tag}{generator_index}", self.index),
                 &self.settings.bench_bin,
                 &args,
             )?;
             generators.push((child, output));
         }
-        let mut generator_failures = Vec::new();
+        Ok(generators)
+    }
+
+    /// Waits for every generator; returns their JSON result files.
+    fn wait_generators(
+        &self,
+        generators: Vec<(ScopedChild, PathBuf)>,
+        seconds: u64,
+    ) -> Result<Vec<PathBuf>, CompareError> {
+        let mut failures = Vec::new();
         let mut outputs = Vec::new();
         for (child, output) in generators {
             let label = child.label().to_owned();
-            let tail = child.log_tail(2000);
+            let log = self.lab.workdir().join(format!("{label}.log"));
             match child.wait_or_kill(Duration::from_secs(seconds) + PROCESS_SLACK) {
                 Ok(status) if status.success() => outputs.push(output),
-                Ok(status) => generator_failures.push(format!("{label}: {status}: {tail}")),
-                Err(error) => generator_failures.push(format!("{label}: {error}")),
+                Ok(status) => {
+                    let text = fs::read_to_string(&log).unwrap_or_default();
+                    let tail: String = text
+                        .chars()
+                        .rev()
+                        .take(2000)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    failures.push(format!("{label}: {status}: {tail}"));
+                }
+                Err(error) => failures.push(format!("{label}: {error}")),
             }
         }
+        if failures.is_empty() {
+            Ok(outputs)
+        } else {
+            Err(step("generator failed", failures.join("; ")))
+        }
+    }
+
+    fn run(&self) -> Result<PointResult, CompareError> {
+        let lab = self.lab;
+        let seconds = self.settings.seconds;
+        let (ready, stop, received_json) = (
+            self.file("receive.ready"),
+            self.file("receive.stop"),
+            self.file("receive.json"),
+        );
+        let mut receiver_args: Vec<String> = vec![
+            "receive".into(),
+            "--interface".into(),
+            HOST_IF.into(),
+            "--duration".into(),
+            (seconds + PROCESS_SLACK.as_secs()).to_string(),
+            "--stop-file".into(),
+            stop.display().to_string(),
+            "--ready-file".into(),
+            ready.display().to_string(),
+            "--json-out".into(),
+            received_json.display().to_string(),
+        ];
+        for source in self.expected {
+            receiver_args.extend(["--expect-source".into(), source.to_string()]);
+        }
+        let cps_target = SocketAddrV4::new(MIRROR_ADDRESS, CPS_PORT);
+        if self.kind == LoadKind::Cps {
+            receiver_args.extend([
+                "--tcp-listen".into(),
+                cps_target.to_string(),
+                "--no-udp".into(),
+            ]);
+        }
+        if self.settings.warmup && self.kind == LoadKind::Udp {
+            // Every flow once, unmeasured, so the measured run sees established flows rather
+            // than flow set-up (the receiver is not running yet, so nothing is counted).
+            let count = u64::from(self.flows.div_ceil(self.workers).max(1));
+            let warmup = self.spawn_generators("warmup", count, WARMUP_MAX_SECONDS)?;
+            self.wait_generators(warmup, WARMUP_MAX_SECONDS)?;
+        }
+        let mut receiver = lab.spawn_in(
+            &lab.inet_namespace(),
+            &format!("point{}-receive", self.index),
+            &self.settings.bench_bin,
+            &receiver_args,
+        )?;
+        Self::wait_for(&mut receiver, &ready, READY_TIMEOUT)?;
+
+        let cpu_before = CpuSample::now()?;
+        let generators = self.spawn_generators("generate", seconds * COUNT_PER_SECOND, seconds);
+        let outputs = generators.and_then(|generators| self.wait_generators(generators, seconds));
         let cpu = CpuSample::now()?.since(&cpu_before);
         fs::write(&stop, b"stop\n").map_err(|source| CompareError::Io {
             path: stop.clone(),
@@ -911,9 +971,7 @@ impl Point<'_> {
         })?;
         let receiver_label = receiver.label().to_owned();
         let receiver_status = receiver.wait_or_kill(Duration::from_secs(10))?;
-        if !generator_failures.is_empty() {
-            return Err(step("generator failed", generator_failures.join("; ")));
-        }
+        let outputs = outputs?;
         if !receiver_status.success() {
             return Err(step(
                 receiver_label,

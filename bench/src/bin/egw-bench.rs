@@ -138,6 +138,11 @@ enum Command {
         /// Skip the TCP connections-per-second point.
         #[arg(long)]
         no_cps: bool,
+        /// Send every flow once before each UDP point (default: on in the full profile).
+        #[arg(long, overrides_with = "no_warmup")]
+        warmup: bool,
+        #[arg(long)]
+        no_warmup: bool,
         /// Leave the host's conntrack limits alone (the kernel may then drop new flows).
         #[arg(long)]
         no_host_tune: bool,
@@ -317,6 +322,8 @@ fn run(cli: Cli) -> Result<bool, String> {
             seconds,
             rate,
             no_cps,
+            warmup,
+            no_warmup,
             no_host_tune,
             out_dir,
             quiet,
@@ -350,6 +357,12 @@ fn run(cli: Cli) -> Result<bool, String> {
             }
             settings.rate = rate;
             settings.cps = !no_cps;
+            if warmup {
+                settings.warmup = true;
+            }
+            if no_warmup {
+                settings.warmup = false;
+            }
             settings.tune_host_conntrack = !no_host_tune;
             settings.progress = !quiet;
             egw_lab::install_signal_teardown().map_err(|error| error.to_string())?;
