@@ -21,7 +21,7 @@ use egw_lab::topology::{GW_INSIDE_IF, GW_OUTSIDE_ADDRESS, HOST_IF, MIRROR_ADDRES
 use egw_lab::{Gateway, Lab, LabConfig, LabError, ScopedChild};
 use serde::{Deserialize, Serialize};
 
-use crate::cpu::{CpuDelta, CpuError, CpuSample};
+use crate::cpu::{process_times, CpuDelta, CpuError, CpuSample, ProcessTimes};
 use crate::generate::{TcpReport, UdpReport};
 use crate::receive::ReceiveReport;
 
@@ -224,6 +224,12 @@ pub struct PointResult {
     pub cpu_ns_per_unit: Option<f64>,
     /// The same with the baseline (other tenants) subtracted; noisy when they fluctuate.
     pub cpu_ns_per_unit_net: Option<f64>,
+    /// Machine-wide system+irq+softirq time plus the user time of our own processes
+    /// (generators, receiver, egw-gateway) per unit: what the benchmark itself costs, robust
+    /// against other tenants' user-space work on a shared machine.
+    pub cpu_ns_per_unit_attributed: Option<f64>,
+    /// egw-gateway's own CPU time during the run.
+    pub gateway_process: Option<ProcessTimes>,
     pub sent: u64,
     pub delivered: u64,
     pub loss_fraction: f64,
@@ -255,6 +261,8 @@ impl PointResult {
             delivered_per_s: 0.0,
             cpu_ns_per_unit: None,
             cpu_ns_per_unit_net: None,
+            cpu_ns_per_unit_attributed: None,
+            gateway_process: None,
             sent: 0,
             delivered: 0,
             loss_fraction: 0.0,
@@ -716,6 +724,7 @@ fn run_contestant(
         if let Some(process) = egw.as_mut() {
             process.check_alive()?;
         }
+        let gateway_pid = egw.as_ref().map(|process| process.child.id());
         let point = Point {
             lab: &lab,
             settings,
@@ -728,6 +737,7 @@ fn run_contestant(
             expected: &expected,
             gateway_mac: &gateway_mac,
             baseline,
+            gateway_pid,
         };
         let result = point.run().unwrap_or_else(|error| {
             let mut failed = PointResult::skipped(
@@ -750,7 +760,7 @@ fn run_contestant(
             frame_len,
             result.delivered_per_s,
             result.loss_fraction * 100.0,
-            result.cpu_ns_per_unit.map_or("-".to_owned(), |ns| format!("{ns:.0}")),
+            result.cpu_ns_per_unit_attributed.map_or("-".to_owned(), |ns| format!("{ns:.0}")),
             if result.note.is_empty() { String::new() } else { format!(" ({})", result.note) }
         );
         results.push(result);
@@ -772,6 +782,7 @@ struct Point<'a> {
     expected: &'a [Ipv4Addr],
     gateway_mac: &'a str,
     baseline: f64,
+    gateway_pid: Option<u32>,
 }
 
 impl Point<'_> {
@@ -961,10 +972,16 @@ impl Point<'_> {
         )?;
         Self::wait_for(&mut receiver, &ready, READY_TIMEOUT)?;
 
+        let gateway_before = self
+            .gateway_pid
+            .and_then(|pid| process_times(&pid.to_string()));
         let cpu_before = CpuSample::now()?;
         let generators = self.spawn_generators("generate", seconds * COUNT_PER_SECOND, seconds);
         let outputs = generators.and_then(|generators| self.wait_generators(generators, seconds));
         let cpu = CpuSample::now()?.since(&cpu_before);
+        let gateway_after = self
+            .gateway_pid
+            .and_then(|pid| process_times(&pid.to_string()));
         fs::write(&stop, b"stop\n").map_err(|source| CompareError::Io {
             path: stop.clone(),
             source,
@@ -990,6 +1007,12 @@ impl Point<'_> {
         );
         result.baseline_utilisation = self.baseline;
         result.cpu = Some(cpu);
+        if let (Some(before), Some(after)) = (gateway_before, gateway_after) {
+            result.gateway_process = Some(ProcessTimes {
+                user_seconds: after.user_seconds - before.user_seconds,
+                system_seconds: after.system_seconds - before.system_seconds,
+            });
+        }
         match self.kind {
             LoadKind::Udp => {
                 for output in &outputs {
@@ -1028,6 +1051,22 @@ impl Point<'_> {
             let own_busy = (cpu.busy_cpu_seconds - self.baseline * cpu.total_cpu_seconds).max(0.0);
             result.cpu_ns_per_unit = Some(cpu.busy_cpu_seconds * 1e9 / delivered);
             result.cpu_ns_per_unit_net = Some(own_busy * 1e9 / delivered);
+            let user: f64 = result
+                .generators
+                .iter()
+                .map(|report| report.process.user_seconds)
+                .sum::<f64>()
+                + result
+                    .connectors
+                    .iter()
+                    .map(|report| report.process.user_seconds)
+                    .sum::<f64>()
+                + received.process.user_seconds
+                + result
+                    .gateway_process
+                    .map_or(0.0, |times| times.user_seconds);
+            result.cpu_ns_per_unit_attributed =
+                Some((cpu.kernel_cpu_seconds + user) * 1e9 / delivered);
         }
         let mismatches = received.source_mismatches + received.tcp_source_mismatches;
         if mismatches > 0 {

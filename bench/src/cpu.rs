@@ -19,6 +19,8 @@ pub enum CpuError {
 pub struct CpuSample {
     pub busy: u64,
     pub idle: u64,
+    /// system + irq + softirq: where the kernel forwards, and where AF_XDP copies happen.
+    pub kernel: u64,
 }
 
 impl CpuSample {
@@ -44,7 +46,8 @@ impl CpuSample {
         }
         let idle = fields[3] + fields[4];
         let busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7];
-        Ok(CpuSample { busy, idle })
+        let kernel = fields[2] + fields[5] + fields[6];
+        Ok(CpuSample { busy, idle, kernel })
     }
 
     /// CPU seconds used (busy) and available (busy + idle) between `earlier` and `self`.
@@ -54,6 +57,8 @@ impl CpuSample {
         CpuDelta {
             busy_cpu_seconds: busy,
             total_cpu_seconds: busy + idle,
+            kernel_cpu_seconds: self.kernel.saturating_sub(earlier.kernel) as f64
+                / TICKS_PER_SECOND,
         }
     }
 }
@@ -63,6 +68,8 @@ impl CpuSample {
 pub struct CpuDelta {
     pub busy_cpu_seconds: f64,
     pub total_cpu_seconds: f64,
+    /// Machine-wide system + irq + softirq seconds.
+    pub kernel_cpu_seconds: f64,
 }
 
 impl CpuDelta {
@@ -74,6 +81,32 @@ impl CpuDelta {
             0.0
         }
     }
+}
+
+/// User and system CPU seconds of one process, from `/proc/<pid>/stat` text.
+pub fn parse_process_times(text: &str) -> Option<ProcessTimes> {
+    // The command name may contain spaces and parentheses; fields resume after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(0) ppid(1) ... utime(11) stime(12).
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(ProcessTimes {
+        user_seconds: user as f64 / TICKS_PER_SECOND,
+        system_seconds: system as f64 / TICKS_PER_SECOND,
+    })
+}
+
+/// CPU time of process `pid` (`"self"` for this one); `None` once it is gone.
+pub fn process_times(pid: &str) -> Option<ProcessTimes> {
+    parse_process_times(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU seconds a process used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessTimes {
+    pub user_seconds: f64,
+    pub system_seconds: f64,
 }
 
 #[cfg(test)]
@@ -88,17 +121,30 @@ mod tests {
             sample,
             CpuSample {
                 busy: 162,
-                idle: 1010
+                idle: 1010,
+                kernel: 55
             }
         );
         let later = CpuSample {
             busy: 262,
             idle: 1110,
+            kernel: 105,
         };
         let delta = later.since(&sample);
         assert!((delta.busy_cpu_seconds - 1.0).abs() < 1e-9);
         assert!((delta.total_cpu_seconds - 2.0).abs() < 1e-9);
         assert!((delta.utilisation() - 0.5).abs() < 1e-9);
+        assert!((delta.kernel_cpu_seconds - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn process_times_survive_odd_command_names() {
+        let text = "4242 (egw (bench) x) R 1 2 3 4 5 6 7 8 9 10 250 75 0 0 20 0 1 0 100 0 0\n";
+        let times = parse_process_times(text).unwrap();
+        assert!((times.user_seconds - 2.5).abs() < 1e-9);
+        assert!((times.system_seconds - 0.75).abs() < 1e-9);
+        assert!(parse_process_times("garbage").is_none());
+        assert!(process_times("self").is_some());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use egw_xdp::xsk::{FrameSize, Side, TxStatus, Worker, WorkerConfig, XskError};
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::{self, ProcessTimes};
 use crate::netinfo::{self, NetInfoError};
 use crate::stats::{self, monotonic_ns, Percentiles, Progress};
 use crate::wire::{FrameSpec, Stamp, Template, WireError};
@@ -149,6 +150,8 @@ pub struct UdpReport {
     pub pps: f64,
     pub gbit_per_s: f64,
     pub zero_copy: bool,
+    /// This process's own CPU time over its life.
+    pub process: ProcessTimes,
 }
 
 /// What a TCP run did.
@@ -161,6 +164,7 @@ pub struct TcpReport {
     pub seconds: f64,
     pub connections_per_s: f64,
     pub connect_latency: Percentiles,
+    pub process: ProcessTimes,
 }
 
 fn check_bounds(duration: Duration, count: u64) -> Result<(), GenerateError> {
@@ -302,6 +306,7 @@ pub fn run_udp(settings: &UdpSettings) -> Result<UdpReport, GenerateError> {
         pps: sent as f64 / seconds_nonzero,
         gbit_per_s: (sent * template.len() as u64 * 8) as f64 / seconds_nonzero / 1e9,
         zero_copy,
+        process: cpu::process_times("self").unwrap_or_default(),
     })
 }
 
@@ -382,6 +387,7 @@ pub fn run_tcp(settings: &TcpSettings) -> Result<TcpReport, GenerateError> {
         seconds,
         connections_per_s: connected as f64 / seconds.max(f64::EPSILON),
         connect_latency,
+        process: cpu::process_times("self").unwrap_or_default(),
     })
 }
 

@@ -16,6 +16,7 @@ use egw_xdp::xsk::{FrameDesc, FrameSize, Side, Worker, WorkerConfig, XskError};
 use egw_xdp::{AttachMode, InterfaceRole, InterfaceSpec, LoaderError, SteeringProgram};
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::{self, ProcessTimes};
 use crate::generate::MAX_DURATION;
 use crate::stats::{self, monotonic_ns, Percentiles, Progress};
 use crate::wire;
@@ -108,6 +109,7 @@ pub struct ReceiveReport {
     pub tcp_source_mismatches: u64,
     pub tcp_seconds: f64,
     pub connections_per_s: f64,
+    pub process: ProcessTimes,
 }
 
 struct UdpSide {
@@ -337,5 +339,6 @@ pub fn run(settings: &ReceiveSettings) -> Result<ReceiveReport, ReceiveError> {
             report.connections_per_s = report.tcp_accepted as f64 / report.tcp_seconds;
         }
     }
+    report.process = cpu::process_times("self").unwrap_or_default();
     Ok(report)
 }

@@ -166,9 +166,10 @@ pub fn markdown(report: &CompareReport) -> String {
     let _ = writeln!(
         out,
         "Rate = packets (UDP) or connections (TCP) per second that arrived with the right source. \
-         CPU = whole-machine busy CPU ns per delivered unit (from /proc/stat over the \
-         generator's run; generator, receiver and any other tenant included — the JSON also has \
-         a baseline-subtracted value). p99 = one-way latency (UDP) or connect time (TCP), µs.\n"
+         CPU = CPU ns per delivered unit: machine-wide system+irq+softirq time (from \
+         /proc/stat over the generator's run: kernel forwarding, AF_XDP copies) plus the user time \
+         of generator, receiver and egw-gateway — other tenants' user-space work excluded; the \
+         JSON also has the raw whole-machine and a baseline-subtracted value. p99 = one-way latency (UDP) or connect time (TCP), µs.\n"
     );
     let _ = writeln!(
         out,
@@ -207,7 +208,7 @@ pub fn markdown(report: &CompareReport) -> String {
             "| {workers} | {} | {k_rate} | {k_cpu} | {k_p99} | {e_rate} | {e_cpu} | {e_p99} | {c_rate} | {c_cpu} | {c_p99} | {} | {} | {} |",
             load_label(kind, flows, frame_len),
             ratio(egw, kernel, |point| Some(point.delivered_per_s)),
-            ratio(egw, kernel, |point| point.cpu_ns_per_unit),
+            ratio(egw, kernel, |point| point.cpu_ns_per_unit_attributed.or(point.cpu_ns_per_unit)),
             ratio(egw, ceiling, |point| Some(point.delivered_per_s)),
         );
     }
@@ -513,6 +514,8 @@ mod tests {
             delivered_per_s: rate,
             cpu_ns_per_unit: Some(cpu),
             cpu_ns_per_unit_net: Some(cpu),
+            cpu_ns_per_unit_attributed: Some(cpu),
+            gateway_process: None,
             sent: 0,
             delivered: 0,
             loss_fraction: 0.0,
