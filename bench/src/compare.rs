@@ -361,6 +361,9 @@ pub fn run(settings: &CompareSettings) -> Result<(CompareReport, Outputs), Compa
     let gateway_bin = egw_lab::find_gateway_binary(settings.gateway_bin.as_deref()).ok();
     let mut notes = Vec::new();
     let mut points = Vec::new();
+    if let Some(note) = restore_stale_host_conntrack() {
+        notes.push(note);
+    }
     let _host_conntrack =
         if settings.contestants.contains(&Contestant::Kernel) && settings.tune_host_conntrack {
             HostConntrack::raise(conntrack_needed(settings), &mut notes)
@@ -467,8 +470,43 @@ struct HostConntrack {
     previous_buckets: u64,
 }
 
+/// Where the host's original conntrack values wait while raised, so a run killed by a signal
+/// (destructors do not run) is repaired by the next `compare`.
+const HOST_CONNTRACK_STATE: &str = "/run/egw-bench-host-conntrack";
+
+/// Puts back host values left raised by a `compare` that died; returns a note when it did.
+fn restore_stale_host_conntrack() -> Option<String> {
+    let text = fs::read_to_string(HOST_CONNTRACK_STATE).ok()?;
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(pid)), Some(Ok(max)), Some(Ok(buckets))) =
+        (fields.next(), fields.next(), fields.next())
+    else {
+        let _ = fs::remove_file(HOST_CONNTRACK_STATE);
+        return None;
+    };
+    if Path::new(&format!("/proc/{pid}")).exists() {
+        // Another compare is running and owns the raised values.
+        return None;
+    }
+    let _ = sysctl_write("net.netfilter.nf_conntrack_buckets", buckets);
+    let _ = sysctl_write("net.netfilter.nf_conntrack_max", max);
+    let _ = fs::remove_file(HOST_CONNTRACK_STATE);
+    Some(format!(
+        "restored host conntrack max {max} / buckets {buckets} left raised by dead run {pid}"
+    ))
+}
+
 impl HostConntrack {
     fn raise(needed: u64, notes: &mut Vec<String>) -> Option<Self> {
+        if let Some(note) = restore_stale_host_conntrack() {
+            notes.push(note);
+        }
+        if Path::new(HOST_CONNTRACK_STATE).exists() {
+            notes.push(
+                "kernel: another compare holds the host conntrack limits; not tuned".to_owned(),
+            );
+            return None;
+        }
         let (Some(previous_max), Some(previous_buckets)) = (
             sysctl_read("net.netfilter.nf_conntrack_max"),
             sysctl_read("net.netfilter.nf_conntrack_buckets"),
@@ -486,6 +524,11 @@ impl HostConntrack {
             return None;
         }
         let buckets = (needed / 2).next_power_of_two().max(previous_buckets);
+        let state = format!("{} {previous_max} {previous_buckets}\n", std::process::id());
+        if let Err(error) = fs::write(HOST_CONNTRACK_STATE, state) {
+            notes.push(format!("kernel: cannot record host conntrack values in {HOST_CONNTRACK_STATE} ({error}); not tuned"));
+            return None;
+        }
         let result = sysctl_write("net.netfilter.nf_conntrack_max", needed)
             .and_then(|()| sysctl_write("net.netfilter.nf_conntrack_buckets", buckets));
         match result {
@@ -500,6 +543,7 @@ impl HostConntrack {
             }
             Err(error) => {
                 let _ = sysctl_write("net.netfilter.nf_conntrack_max", previous_max);
+                let _ = fs::remove_file(HOST_CONNTRACK_STATE);
                 notes.push(format!("kernel: raising host conntrack limits failed ({error}); kernel capped at {previous_max} entries"));
                 None
             }
@@ -511,6 +555,7 @@ impl Drop for HostConntrack {
     fn drop(&mut self) {
         let _ = sysctl_write("net.netfilter.nf_conntrack_buckets", self.previous_buckets);
         let _ = sysctl_write("net.netfilter.nf_conntrack_max", self.previous_max);
+        let _ = fs::remove_file(HOST_CONNTRACK_STATE);
     }
 }
 
