@@ -36,6 +36,14 @@ const BASELINE_WINDOW: Duration = Duration::from_secs(1);
 const COUNT_PER_SECOND: u64 = 20_000_000;
 /// Time for egw-gateway to apply a route table after SIGHUP.
 const RELOAD_SETTLE: Duration = Duration::from_secs(1);
+/// Destination ports of point `i` start at `FIRST_DESTINATION_PORT + PORTS_PER_POINT * i`;
+/// 1 M flows need 17 of them.
+const FIRST_DESTINATION_PORT: u32 = 10_000;
+const PORTS_PER_POINT: u32 = 100;
+/// Keeps every point's destination ports below 65536.
+const MAX_POINTS: usize = 500;
+/// What `PORTS_PER_POINT` destination ports carry.
+const MAX_FLOWS: u32 = PORTS_PER_POINT * crate::generate::MAX_SOURCE_PORTS;
 /// Bound on one warm-up pass (every flow once).
 const WARMUP_MAX_SECONDS: u64 = 60;
 
@@ -102,6 +110,8 @@ pub enum Profile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareSettings {
     pub profile: Profile,
+    /// The sweep was changed from the profile's on the command line.
+    pub overridden: bool,
     pub flows: Vec<u32>,
     pub frame_sizes: Vec<usize>,
     pub seconds: u64,
@@ -132,6 +142,7 @@ impl CompareSettings {
         };
         CompareSettings {
             profile,
+            overridden: false,
             flows,
             frame_sizes,
             seconds,
@@ -167,6 +178,20 @@ impl CompareSettings {
     }
 
     fn validate(&self) -> Result<(), CompareError> {
+        if self.flows.len() * self.frame_sizes.len() + 1 > MAX_POINTS {
+            return Err(CompareError::Config(format!(
+                "at most {MAX_POINTS} points per contestant"
+            )));
+        }
+        if self
+            .flows
+            .iter()
+            .any(|&flows| flows == 0 || flows > MAX_FLOWS)
+        {
+            return Err(CompareError::Config(format!(
+                "flows must be in 1..={MAX_FLOWS}"
+            )));
+        }
         if self.seconds == 0 || self.seconds > 120 {
             return Err(CompareError::Config(
                 "seconds per point must be in 1..=120".to_owned(),
@@ -433,13 +458,15 @@ fn planned_points(
     _workers: u32,
 ) -> Vec<(LoadKind, u32, usize)> {
     let mut planned = Vec::new();
+    // Connections first: they then measure connection set-up on an empty table, not what a
+    // million UDP flows left behind.
+    if settings.cps && contestant != Contestant::Ceiling {
+        planned.push((LoadKind::Cps, 0, 0));
+    }
     for &flows in &settings.flows {
         for &frame_len in &settings.frame_sizes {
             planned.push((LoadKind::Udp, flows, frame_len));
         }
-    }
-    if settings.cps && contestant != Contestant::Ceiling {
-        planned.push((LoadKind::Cps, 0, 0));
     }
     planned
 }
@@ -784,7 +811,7 @@ fn run_contestant(
             baseline,
             gateway_pid,
         };
-        let result = point.run().unwrap_or_else(|error| {
+        let mut result = point.run().unwrap_or_else(|error| {
             let mut failed = PointResult::skipped(
                 contestant,
                 workers,
@@ -797,6 +824,15 @@ fn run_contestant(
             failed.baseline_utilisation = baseline;
             failed
         });
+        if result.status == PointStatus::Failed {
+            if let Some(process) = egw.as_ref() {
+                result.note = format!(
+                    "{}; egw-gateway log tail: {}",
+                    result.note,
+                    process.child.log_tail(1500)
+                );
+            }
+        }
         eprintln!(
             "egw-bench: {:<7} {:?} flows={:<8} size={:<5} -> {:.0}/s delivered, loss {:.2}%, cpu {} ns/unit{}",
             contestant.label(),
@@ -898,6 +934,10 @@ impl Point<'_> {
                         flows_per_generator.to_string(),
                         "--size".into(),
                         self.frame_len.to_string(),
+                        // Each point its own destination ports: its flows are new to the
+                        // gateway unless its own warm-up created them.
+                        "--destination-port-base".into(),
+                        (FIRST_DESTINATION_PORT + PORTS_PER_POINT * self.index as u32).to_string(),
                     ];
                     if let Some(rate) = self.settings.rate {
                         args.extend(["--rate".into(), rate.to_string()]);
@@ -1157,7 +1197,20 @@ mod tests {
             "{}",
             settings.estimated_seconds()
         );
-        assert_eq!(planned_points(&settings, Contestant::Kernel, 1).len(), 5);
+        let kernel = planned_points(&settings, Contestant::Kernel, 1);
+        assert_eq!(kernel.len(), 5);
+        assert_eq!(kernel[0].0, LoadKind::Cps);
+        // Every point's destination ports fit below 65536 with room for 1 M flows.
+        let needed = crate::generate::FlowPlan::new(1_000_000, 1024, 0)
+            .unwrap()
+            .destination_ports;
+        assert!(needed < PORTS_PER_POINT);
+        assert!(FIRST_DESTINATION_PORT + PORTS_PER_POINT * (MAX_POINTS as u32 + 1) < 65_536);
+        let mut too_many = settings.clone();
+        too_many.flows = vec![MAX_FLOWS + 1];
+        assert!(too_many.validate().is_err());
+        too_many.flows = (1..=300).collect();
+        assert!(too_many.validate().is_err());
         // No return path for TCP when nothing is translated: the ceiling runs UDP only.
         assert_eq!(planned_points(&settings, Contestant::Ceiling, 1).len(), 4);
         let full =

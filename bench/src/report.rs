@@ -106,7 +106,8 @@ fn cells(point: Option<&PointResult>) -> [String; 3] {
             [
                 rate(point.delivered_per_s),
                 point
-                    .cpu_ns_per_unit
+                    .cpu_ns_per_unit_attributed
+                    .or(point.cpu_ns_per_unit)
                     .map_or("—".to_owned(), |ns| format!("{ns:.0}")),
                 p99.map_or("—".to_owned(), micros),
             ]
@@ -154,13 +155,15 @@ pub fn markdown(report: &CompareReport) -> String {
     let _ =
         writeln!(
         out,
-        "Machine: {} × {} ({:.0} GiB), Linux {}. Profile: {:?}, {} s per point. egw-gateway: {}.\n",
+        "Machine: {} × {} ({:.0} GiB), Linux {}. Profile: {:?}{}, {} s per point{}. egw-gateway: {}.\n",
         machine.cpus,
         if machine.cpu_model.is_empty() { "CPU" } else { &machine.cpu_model },
         machine.memory_gib,
         machine.kernel,
         report.settings.profile,
+        if report.settings.overridden { " (overridden)" } else { "" },
         report.settings.seconds,
+        if report.settings.warmup { ", after a warm-up pass" } else { "" },
         report.gateway_bin.as_deref().unwrap_or("not found (egw and ceiling not run)")
     );
     let _ = writeln!(
@@ -512,7 +515,8 @@ mod tests {
             cpu: None,
             baseline_utilisation: 0.0,
             delivered_per_s: rate,
-            cpu_ns_per_unit: Some(cpu),
+            // The table shows the attributed value; the raw one must not leak into it.
+            cpu_ns_per_unit: Some(cpu * 10.0),
             cpu_ns_per_unit_net: Some(cpu),
             cpu_ns_per_unit_attributed: Some(cpu),
             gateway_process: None,
@@ -566,6 +570,7 @@ mod tests {
             .find(|line| line.starts_with("| 1 | UDP"))
             .unwrap();
         assert!(row.contains("| 1.50× | 0.50× | 0.50× |"), "{row}");
+        assert!(row.contains("| 2000 |") && !row.contains("20000"), "{row}");
         assert!(row.contains("1.00 M"), "{row}");
     }
 

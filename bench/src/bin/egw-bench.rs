@@ -109,6 +109,8 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Re-render the Markdown table and SVG plot of a results JSON.
+    Render(RenderArgs),
     /// Build the lab and run the same load through egw, the kernel and the I/O ceiling.
     Compare {
         /// A few seconds per point and a reduced sweep (about 2–3 minutes on 2 cores).
@@ -151,6 +153,15 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    /// A results JSON written by `compare`.
+    json: PathBuf,
+    /// Where to write the Markdown and SVG (default: next to the JSON).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -312,6 +323,24 @@ fn run(cli: Cli) -> Result<bool, String> {
             emit(&output, &report, human)?;
             Ok(true)
         }
+        Command::Render(RenderArgs { json, out_dir }) => {
+            let text = std::fs::read_to_string(&json)
+                .map_err(|error| format!("reading {}: {error}", json.display()))?;
+            let report: egw_bench::compare::CompareReport = serde_json::from_str(&text)
+                .map_err(|error| format!("parsing {}: {error}", json.display()))?;
+            let dir =
+                out_dir.unwrap_or_else(|| json.parent().map(PathBuf::from).unwrap_or_default());
+            let outputs =
+                egw_bench::report::write_all(&report, &dir).map_err(|error| error.to_string())?;
+            println!("{}", egw_bench::report::markdown(&report));
+            println!(
+                "wrote {}, {}, {}",
+                outputs.json.display(),
+                outputs.markdown.display(),
+                outputs.svg.display()
+            );
+            Ok(true)
+        }
         Command::Compare {
             quick,
             gateway_bin,
@@ -343,6 +372,12 @@ fn run(cli: Cli) -> Result<bool, String> {
                     })
                     .collect::<Result<_, _>>()?;
             }
+            settings.overridden = !(contestants.is_empty()
+                && flows.is_empty()
+                && sizes.is_empty()
+                && seconds.is_none()
+                && rate.is_none()
+                && !no_cps);
             if !workers.is_empty() {
                 settings.workers = workers;
             }
