@@ -598,6 +598,7 @@ impl EgwProcess {
         lab: &Lab,
         binary: &Path,
         workers: u32,
+        flow_capacity_per_core: u64,
         table_yaml: Option<String>,
     ) -> Result<Self, CompareError> {
         let gw = lab.gateway_namespace();
@@ -620,7 +621,12 @@ impl EgwProcess {
         };
         write_atomically(&config.route_table_file, &table)?;
         let config_path = dir.join("egw-bench-gateway.yaml");
-        write_atomically(&config_path, &config.to_yaml()?)?;
+        // Sized like the kernel's conntrack (egw's default is 256 k flows per core).
+        let yaml = format!(
+            "{}conntrack:\n  capacity_per_core: {flow_capacity_per_core}\n",
+            config.to_yaml()?
+        );
+        write_atomically(&config_path, &yaml)?;
         let mut child = lab.spawn_in(
             &gw,
             "egw-gateway",
@@ -657,6 +663,24 @@ impl EgwProcess {
             None => Ok(()),
         }
     }
+}
+
+/// Removes terminal colour sequences (`ESC [ ... letter`) from log text.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for next in chars.by_ref() {
+                if next.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A route table that forwards every pod's traffic unchanged: same AF_XDP path, no NAT.
@@ -772,9 +796,10 @@ fn run_contestant(
                     Duration::from_secs(20),
                 )?;
             }
-            let process = EgwProcess::start(&lab, binary, workers, table)?;
+            let capacity = conntrack_needed(settings);
+            let process = EgwProcess::start(&lab, binary, workers, capacity, table)?;
             notes.push(format!(
-                "{}: egw-gateway workers={workers}, route table {}; GRO gw-in: {}",
+                "{}: egw-gateway workers={workers}, conntrack capacity_per_core={capacity}, route table {}; GRO gw-in: {}",
                 contestant.label(),
                 process.table_path.display(),
                 offload_state(&lab, &gw, GW_INSIDE_IF)
@@ -829,7 +854,7 @@ fn run_contestant(
                 result.note = format!(
                     "{}; egw-gateway log tail: {}",
                     result.note,
-                    process.child.log_tail(1500)
+                    strip_ansi(&process.child.log_tail(1500))
                 );
             }
         }
@@ -1217,6 +1242,15 @@ mod tests {
             CompareSettings::for_profile(Profile::Full, PathBuf::from("/x"), PathBuf::from("/y"));
         assert_eq!(planned_points(&full, Contestant::Egw, 1).len(), 10);
         assert_eq!(conntrack_needed(&full), 2_000_000);
+    }
+
+    #[test]
+    fn colour_codes_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2mINFO\u{1b}[0m ok \u{1b}[3mx\u{1b}[0m=1"),
+            "INFO ok x=1"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
     }
 
     #[test]
