@@ -471,10 +471,17 @@ fn planned_points(
     planned
 }
 
+/// Connections the CPS point may leave in the table (RST-closed ones linger a few seconds).
+const CPS_TABLE_SLACK: u64 = 500_000;
+
+/// Table size (kernel conntrack and egw alike) for the whole sweep: every point has its own
+/// flows and UDP state outlives a point (30 s unreplied in conntrack, minutes in egw), so the
+/// flows of all points plus the connections of the CPS point, with a quarter to spare.
 fn conntrack_needed(settings: &CompareSettings) -> u64 {
-    let flows = settings.flows.iter().copied().max().unwrap_or(0);
-    // Twice the flows: UDP entries linger 30-120 s, so one point's flows outlive it.
-    (u64::from(flows) * 2).max(65_536)
+    let flows: u64 = settings.flows.iter().map(|&flows| u64::from(flows)).sum::<u64>()
+        * settings.frame_sizes.len() as u64;
+    let connections = if settings.cps { CPS_TABLE_SLACK } else { 0 };
+    ((flows + connections) * 5 / 4).max(65_536)
 }
 
 fn sysctl_read(name: &str) -> Option<u64> {
@@ -1241,7 +1248,7 @@ mod tests {
         let full =
             CompareSettings::for_profile(Profile::Full, PathBuf::from("/x"), PathBuf::from("/y"));
         assert_eq!(planned_points(&full, Contestant::Egw, 1).len(), 10);
-        assert_eq!(conntrack_needed(&full), 2_000_000);
+        assert_eq!(conntrack_needed(&full), (3 * 1_101_000 + 500_000) * 5 / 4);
     }
 
     #[test]
