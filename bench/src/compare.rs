@@ -478,7 +478,11 @@ const CPS_TABLE_SLACK: u64 = 500_000;
 /// flows and UDP state outlives a point (30 s unreplied in conntrack, minutes in egw), so the
 /// flows of all points plus the connections of the CPS point, with a quarter to spare.
 fn conntrack_needed(settings: &CompareSettings) -> u64 {
-    let flows: u64 = settings.flows.iter().map(|&flows| u64::from(flows)).sum::<u64>()
+    let flows: u64 = settings
+        .flows
+        .iter()
+        .map(|&flows| u64::from(flows))
+        .sum::<u64>()
         * settings.frame_sizes.len() as u64;
     let connections = if settings.cps { CPS_TABLE_SLACK } else { 0 };
     ((flows + connections) * 5 / 4).max(65_536)
