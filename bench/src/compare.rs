@@ -416,7 +416,7 @@ pub fn run(settings: &CompareSettings) -> Result<(CompareReport, Outputs), Compa
                     ) {
                         Ok(mut results) => points.append(&mut results),
                         Err(error) => {
-                            let note = format!("{}: {error}", contestant.label());
+                            let note = strip_ansi(&format!("{}: {error}", contestant.label()));
                             eprintln!("egw-bench: {note}");
                             points.extend(
                                 planned_points(settings, contestant, workers)

@@ -13,6 +13,19 @@ use crate::compare::{
 
 /// Writes `<date>-<host>.{json,md,svg}` into `dir`.
 pub fn write_all(report: &CompareReport, dir: &Path) -> Result<Outputs, CompareError> {
+    write_files(report, dir, true)
+}
+
+/// Writes only the Markdown and SVG (the JSON stays as measured); returns all three paths.
+pub fn write_rendered(report: &CompareReport, dir: &Path) -> Result<Outputs, CompareError> {
+    write_files(report, dir, false)
+}
+
+fn write_files(
+    report: &CompareReport,
+    dir: &Path,
+    with_json: bool,
+) -> Result<Outputs, CompareError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| CompareError::Io { path, source }
@@ -40,11 +53,13 @@ pub fn write_all(report: &CompareReport, dir: &Path) -> Result<Outputs, CompareE
         markdown: dir.join(format!("{stem}.md")),
         svg: dir.join(format!("{stem}.svg")),
     };
-    let json = serde_json::to_string_pretty(report).map_err(|error| CompareError::Step {
-        what: "serialising results".to_owned(),
-        detail: error.to_string(),
-    })?;
-    fs::write(&outputs.json, json + "\n").map_err(io(&outputs.json))?;
+    if with_json {
+        let json = serde_json::to_string_pretty(report).map_err(|error| CompareError::Step {
+            what: "serialising results".to_owned(),
+            detail: error.to_string(),
+        })?;
+        fs::write(&outputs.json, json + "\n").map_err(io(&outputs.json))?;
+    }
     fs::write(&outputs.markdown, markdown(report)).map_err(io(&outputs.markdown))?;
     fs::write(&outputs.svg, svg(report)).map_err(io(&outputs.svg))?;
     Ok(outputs)
@@ -228,7 +243,7 @@ pub fn markdown(report: &CompareReport) -> String {
                 "- {} ({:?}): {}",
                 point.contestant.label(),
                 point.status,
-                point.note
+                one_line(&point.note)
             );
             if seen.insert(line.clone()) {
                 let _ = writeln!(out, "{line}");
@@ -243,6 +258,25 @@ pub fn markdown(report: &CompareReport) -> String {
     }
     let _ = writeln!(out, "\nWall time: {:.0} s.", report.wall_seconds);
     out
+}
+
+/// A note on one line for the table: the first line, and the last one when they differ (a
+/// log tail ends with the error that matters), each capped.
+pub fn one_line(note: &str) -> String {
+    let cap = |line: &str| -> String {
+        let line = line.trim();
+        if line.chars().count() > 240 {
+            format!("{}…", line.chars().take(240).collect::<String>())
+        } else {
+            line.to_owned()
+        }
+    };
+    let mut lines = note.lines().filter(|line| !line.trim().is_empty());
+    match (lines.next(), lines.next_back()) {
+        (Some(first), Some(last)) => format!("{} … {}", cap(first), cap(last)),
+        (Some(first), None) => cap(first),
+        _ => String::new(),
+    }
 }
 
 const WIDTH: f64 = 960.0;
@@ -593,6 +627,17 @@ mod tests {
         assert!(row.contains("not run"), "{row}");
         assert!(row.ends_with("| — | — | — |"), "{row}");
         assert!(table.contains("egw-gateway binary not found"));
+    }
+
+    #[test]
+    fn notes_fold_to_one_line() {
+        assert_eq!(one_line("nothing arrived"), "nothing arrived");
+        assert_eq!(
+            one_line("egw: exited: log\nINFO a\n\nerror: queue 1\n"),
+            "egw: exited: log … error: queue 1"
+        );
+        assert_eq!(one_line(""), "");
+        assert!(one_line(&"x".repeat(1000)).chars().count() <= 241);
     }
 
     #[test]

@@ -330,12 +330,11 @@ fn run(cli: Cli) -> Result<bool, String> {
                 .map_err(|error| format!("parsing {}: {error}", json.display()))?;
             let dir =
                 out_dir.unwrap_or_else(|| json.parent().map(PathBuf::from).unwrap_or_default());
-            let outputs =
-                egw_bench::report::write_all(&report, &dir).map_err(|error| error.to_string())?;
+            let outputs = egw_bench::report::write_rendered(&report, &dir)
+                .map_err(|error| error.to_string())?;
             println!("{}", egw_bench::report::markdown(&report));
             println!(
-                "wrote {}, {}, {}",
-                outputs.json.display(),
+                "wrote {}, {}",
                 outputs.markdown.display(),
                 outputs.svg.display()
             );
