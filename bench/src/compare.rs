@@ -128,10 +128,11 @@ pub struct CompareSettings {
     /// Raise the host's (initial namespace's) conntrack limit and hash size when the flow count
     /// needs it; restored afterwards. Without it the kernel contestant is capped by the host.
     pub tune_host_conntrack: bool,
+    /// One line per point on stderr as it finishes.
+    pub progress: bool,
     /// Before each UDP point, send every flow once (unmeasured), so the point measures
     /// established flows, not flow set-up.
     pub warmup: bool,
-    pub progress: bool,
 }
 
 impl CompareSettings {
@@ -748,7 +749,9 @@ fn run_contestant(
     gateway_bin: Option<&Path>,
     notes: &mut Vec<String>,
 ) -> Result<Vec<PointResult>, CompareError> {
-    eprintln!("egw-bench: {} with {workers} worker(s)", contestant.label());
+    if settings.progress {
+        eprintln!("egw-bench: {} with {workers} worker(s)", contestant.label());
+    }
     let mut lab = lab_for(settings, workers)?;
     let gw = lab.gateway_namespace();
     let inet = lab.inet_namespace();
@@ -869,17 +872,19 @@ fn run_contestant(
                 );
             }
         }
-        eprintln!(
-            "egw-bench: {:<7} {:?} flows={:<8} size={:<5} -> {:.0}/s delivered, loss {:.2}%, cpu {} ns/unit{}",
-            contestant.label(),
-            kind,
-            flows,
-            frame_len,
-            result.delivered_per_s,
-            result.loss_fraction * 100.0,
-            result.cpu_ns_per_unit_attributed.map_or("-".to_owned(), |ns| format!("{ns:.0}")),
-            if result.note.is_empty() { String::new() } else { format!(" ({})", result.note) }
-        );
+        if settings.progress {
+            eprintln!(
+                "egw-bench: {:<7} {:?} flows={:<8} size={:<5} -> {:.0}/s delivered, loss {:.2}%, cpu {} ns/unit{}",
+                contestant.label(),
+                kind,
+                flows,
+                frame_len,
+                result.delivered_per_s,
+                result.loss_fraction * 100.0,
+                result.cpu_ns_per_unit_attributed.map_or("-".to_owned(), |ns| format!("{ns:.0}")),
+                if result.note.is_empty() { String::new() } else { format!(" ({})", result.note) }
+            );
+        }
         results.push(result);
     }
     drop(egw);
