@@ -10,11 +10,7 @@ use egw_bench::pipeline::{self, Report};
 #[command(about = "egw engine pipeline benchmark (one core, no I/O)")]
 struct Args {
     /// Concurrent sessions to measure established-flow translation at.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "1000,10000,100000,1000000"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000,1000000")]
     sessions: Vec<u32>,
     /// Packets per measured round.
     #[arg(long, default_value_t = 4_000_000)]
@@ -51,33 +47,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     eprintln!("new connections: {}…", args.connections);
     let setup = pipeline::setup(args.connections, args.rounds)?;
-    let memory = args
-        .sessions
-        .iter()
-        .map(|&n| pipeline::memory(n))
-        .collect::<Result<Vec<_>, _>>()?;
+    let memory = args.sessions.iter().map(|&n| pipeline::memory(n)).collect::<Result<Vec<_>, _>>()?;
     let (host, cpu) = pipeline::host_info();
-    let unix_time = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let report = Report {
-        established,
-        setup,
-        memory,
-        batch: pipeline::BATCH,
-        frame_len: pipeline::FRAME_LEN,
-        host,
-        cpu,
-        unix_time,
-    };
+    let unix_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let report = Report { established, setup, memory, batch: pipeline::BATCH, frame_len: pipeline::FRAME_LEN, host, cpu, unix_time };
     let md = pipeline::markdown(&report);
     println!("{md}");
     if !args.quick {
         std::fs::create_dir_all(&args.out)?;
-        std::fs::write(
-            args.out.join("pipeline.json"),
-            serde_json::to_string_pretty(&report)?,
-        )?;
+        std::fs::write(args.out.join("pipeline.json"), serde_json::to_string_pretty(&report)?)?;
         std::fs::write(args.out.join("pipeline.md"), &md)?;
         eprintln!("wrote {}/pipeline.{{json,md}}", args.out.display());
     }

@@ -30,11 +30,7 @@ pub enum BenchError {
     #[error("building frames failed: {0}")]
     Build(String),
     #[error("warm-up did not create every session: {created} of {wanted} ({detail})")]
-    WarmUp {
-        created: u64,
-        wanted: u64,
-        detail: String,
-    },
+    WarmUp { created: u64, wanted: u64, detail: String },
 }
 
 /// One measured scenario.
@@ -77,38 +73,24 @@ pub struct Report {
 }
 
 fn table() -> Result<Arc<RouteTable>, BenchError> {
-    let addresses = (1..=EXTERNALS)
-        .map(|i| Ipv4Addr::new(198, 51, 100, i))
-        .collect();
+    let addresses = (1..=EXTERNALS).map(|i| Ipv4Addr::new(198, 51, 100, i)).collect();
     let spec = RouteTableSpec {
         generation: 1,
-        pools: vec![PoolSpec {
-            name: "egress".into(),
-            addresses,
-            pairing: true,
-        }],
+        pools: vec![PoolSpec { name: "egress".into(), addresses, pairing: true }],
         policies: vec![PolicySpec {
             name: "all".into(),
             rules: vec![RuleSpec {
-                destination: "0.0.0.0/0"
-                    .parse()
-                    .map_err(|e| BenchError::Build(format!("{e}")))?,
-                action: ActionSpec::Snat {
-                    pool: "egress".into(),
-                },
+                destination: "0.0.0.0/0".parse().map_err(|e| BenchError::Build(format!("{e}")))?,
+                action: ActionSpec::Snat { pool: "egress".into() },
                 description: String::new(),
             }],
             default_action: None,
         }],
         sources: vec![SourceSpec {
-            cidr: "10.0.0.0/8"
-                .parse()
-                .map_err(|e| BenchError::Build(format!("{e}")))?,
+            cidr: "10.0.0.0/8".parse().map_err(|e| BenchError::Build(format!("{e}")))?,
             policy: "all".into(),
         }],
-        default_action: ActionSpec::Deny {
-            reason: "no policy".into(),
-        },
+        default_action: ActionSpec::Deny { reason: "no policy".into() },
     };
     Ok(Arc::new(RouteTable::compile(spec)?))
 }
@@ -177,12 +159,7 @@ fn establish(sessions: u32, now: Duration) -> Result<Established, BenchError> {
         let ext_port = u16::from_be_bytes([buf[34], buf[35]]);
         inbound.extend_from_slice(&udp_frame(remote, 443, ext_ip, ext_port)?);
     }
-    Ok(Established {
-        engine,
-        outbound,
-        inbound,
-        sessions: sessions as usize,
-    })
+    Ok(Established { engine, outbound, inbound, sessions: sessions as usize })
 }
 
 /// A fixed pseudo-random visiting order so every round touches sessions all over the table.
@@ -211,22 +188,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Established-flow translation cost at `sessions` concurrent sessions.
-pub fn established(
-    sessions: u32,
-    packets: usize,
-    rounds: usize,
-) -> Result<Vec<EstablishedResult>, BenchError> {
+pub fn established(sessions: u32, packets: usize, rounds: usize) -> Result<Vec<EstablishedResult>, BenchError> {
     let now = Duration::from_secs(10);
     let mut est = establish(sessions, now)?;
     let order = visit_order(est.sessions, packets.max(BATCH));
     let mut batch = vec![0u8; SLOT * BATCH];
     let mut results = vec![];
     for (direction, ingress) in [("outbound", Ingress::Inside), ("inbound", Ingress::Outside)] {
-        let frames = if ingress == Ingress::Inside {
-            &est.outbound
-        } else {
-            &est.inbound
-        };
+        let frames = if ingress == Ingress::Inside { &est.outbound } else { &est.inbound };
         let mut engine_ns = vec![];
         let mut total_ns = vec![];
         for _ in 0..rounds {
@@ -242,9 +211,7 @@ pub fn established(
             for chunk in order.chunks_exact(BATCH) {
                 fill(&mut batch, frames, chunk);
                 for slot in batch.chunks_exact_mut(SLOT) {
-                    if let Verdict::Forward { .. } =
-                        est.engine.process(slot, FRAME_LEN, ingress, now)
-                    {
+                    if let Verdict::Forward { .. } = est.engine.process(slot, FRAME_LEN, ingress, now) {
                         forwarded += 1;
                     }
                 }
@@ -300,20 +267,12 @@ pub fn setup(connections: u32, rounds: usize) -> Result<SetupResult, BenchError>
         let created = engine.counters().flows_created;
         let wanted = (connections as usize / BATCH * BATCH) as u64;
         if created != wanted {
-            return Err(BenchError::WarmUp {
-                created,
-                wanted,
-                detail: format!("{:?}", engine.counters().drops),
-            });
+            return Err(BenchError::WarmUp { created, wanted, detail: format!("{:?}", engine.counters().drops) });
         }
         samples.push(elapsed.as_nanos() as f64 / created as f64);
     }
     let ns = median(samples);
-    Ok(SetupResult {
-        connections: u64::from(connections),
-        per_second: 1e9 / ns,
-        ns_per_connection: ns,
-    })
+    Ok(SetupResult { connections: u64::from(connections), per_second: 1e9 / ns, ns_per_connection: ns })
 }
 
 /// Memory per session with the table sized for exactly `sessions`.
@@ -345,9 +304,7 @@ pub fn markdown(r: &Report) -> String {
         r.host,
         r.cpu
     ));
-    s.push_str(
-        "| sessions | direction | engine ns/pkt | with RX copy ns/pkt | Mpps (engine) | target |\n",
-    );
+    s.push_str("| sessions | direction | engine ns/pkt | with RX copy ns/pkt | Mpps (engine) | target |\n");
     s.push_str("|---:|---|---:|---:|---:|---|\n");
     for e in &r.established {
         let target = match e.sessions {
@@ -368,26 +325,16 @@ pub fn markdown(r: &Report) -> String {
     ));
     s.push_str("| sessions | flow-table bytes/session (slab + indices + wheel) | target |\n|---:|---:|---|\n");
     for m in &r.memory {
-        s.push_str(&format!(
-            "| {} | {:.1} | ≤ 128 B |\n",
-            m.sessions, m.table_bytes_per_session
-        ));
+        s.push_str(&format!("| {} | {:.1} | ≤ 128 B |\n", m.sessions, m.table_bytes_per_session));
     }
     s
 }
 
 pub fn host_info() -> (String, String) {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_owned()))
         .unwrap_or_else(|| "unknown cpu".into());
     (host, cpu)
 }
@@ -401,29 +348,15 @@ mod tests {
     fn smoke() {
         let est = established(1000, 2048, 1).expect("established");
         assert_eq!(est.len(), 2);
-        assert!(est
-            .iter()
-            .all(|e| e.packets == 2048 && e.engine_ns.is_finite()));
+        assert!(est.iter().all(|e| e.packets == 2048 && e.engine_ns.is_finite()));
         let s = setup(4096, 1).expect("setup");
         assert_eq!(s.connections, 4096);
         let m = memory(4096).expect("memory");
         assert_eq!(m.sessions, 4096);
         assert!(m.table_bytes_per_session > 0.0);
         let (host, cpu) = host_info();
-        let report = Report {
-            established: est,
-            setup: s,
-            memory: vec![m],
-            batch: BATCH,
-            frame_len: FRAME_LEN,
-            host,
-            cpu,
-            unix_time: 0,
-        };
+        let report = Report { established: est, setup: s, memory: vec![m], batch: BATCH, frame_len: FRAME_LEN, host, cpu, unix_time: 0 };
         let md = markdown(&report);
-        assert!(
-            md.contains("| 1000 | outbound |") && md.contains("| 1000 | inbound |"),
-            "{md}"
-        );
+        assert!(md.contains("| 1000 | outbound |") && md.contains("| 1000 | inbound |"), "{md}");
     }
 }
