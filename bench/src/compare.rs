@@ -703,7 +703,9 @@ pub fn bypass_route_table() -> String {
 }
 
 fn lab_for(settings: &CompareSettings, workers: u32) -> Result<Lab, CompareError> {
-    let config = LabConfig::new(workers as usize, settings.bench_bin.clone())?;
+    let mut config = LabConfig::new(workers as usize, settings.bench_bin.clone())?;
+    // One gateway worker per veth queue.
+    config.gateway_queues = u16::try_from(workers).unwrap_or(u16::MAX);
     Ok(Lab::build(config)?)
 }
 

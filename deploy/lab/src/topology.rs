@@ -100,6 +100,9 @@ pub struct LabConfig {
     /// Namespace name prefix; `None` picks a unique `egwlab-<pid>-<n>-`.
     pub prefix: Option<String>,
     pub arms: Arms,
+    /// RX/TX queues of the gateway's veths: one egw-gateway worker serves each queue, so a
+    /// multi-worker run needs as many queues as workers.
+    pub gateway_queues: u16,
 }
 
 impl LabConfig {
@@ -140,6 +143,7 @@ impl LabConfig {
             lab_binary,
             prefix: None,
             arms: Arms::Two,
+            gateway_queues: 1,
         })
     }
 
@@ -689,9 +693,11 @@ impl Lab {
             Self::disable_tx_offload(&switch, &port)?;
         }
 
+        let queues = self.config.gateway_queues.max(1);
+        let q = format!("numtxqueues {queues} numrxqueues {queues}");
         ipn(
             &gw,
-            &format!("link add {GW_INSIDE_IF} type veth peer name {GW_SWITCH_PORT} netns {switch}"),
+            &format!("link add {GW_INSIDE_IF} {q} type veth peer name {GW_SWITCH_PORT} {q} netns {switch}"),
         )?;
         ipn(
             &switch,
@@ -706,7 +712,7 @@ impl Lab {
             Arms::Two => {
                 ipn(
                     &gw,
-                    &format!("link add {GW_OUTSIDE_IF} type veth peer name {HOST_IF} netns {inet}"),
+                    &format!("link add {GW_OUTSIDE_IF} {q} type veth peer name {HOST_IF} {q} netns {inet}"),
                 )?;
             }
             // The internet host hangs off the same bridge: pods and internet share gw-in.
