@@ -19,6 +19,7 @@ use egw_engine::{
     Counters, Engine, EngineConfig, ExternalUsage, FlowFilter, FlowInfo, Ingress, RouteTable, Side,
     Verdict,
 };
+use egw_natlog::{NatLogSender, NatLogStats, NatLogWriter};
 use egw_proto::v1;
 use egw_xdp::xsk::{self, FrameDesc, SocketInfo, TxStatus, Worker, WorkerConfig, WorkerCounters};
 use egw_xdp::{AttachMode, AttachedInterface, InterfaceRole, InterfaceSpec, SteeringProgram};
@@ -43,6 +44,11 @@ const HANDOFF_RING: usize = 1024;
 const COMMAND_QUEUE: usize = 64;
 /// Slots a flow listing scans per worker request, bounding the time a worker spends on it.
 pub const LIST_SCAN_BUDGET: u32 = 1 << 16;
+/// Flow events an engine buffers between two batches when the NAT log is on; more are dropped
+/// and counted (`egw_natlog_events_dropped_total`).
+const FLOW_EVENT_BUFFER: usize = 8192;
+/// The reason logged for flows still open when the gateway stops.
+pub const SHUTDOWN_REASON: &str = "shutdown";
 
 /// Drops the gateway (not the engine) counts, by stable name.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -181,6 +187,8 @@ pub enum DataplaneError {
     },
     #[error("worker {worker}: {message}")]
     Worker { worker: u16, message: String },
+    #[error("starting the NAT event log")]
+    NatLog(#[from] egw_natlog::NatLogError),
 }
 
 /// An interface as the dataplane uses it.
@@ -204,6 +212,10 @@ pub struct Dataplane {
     initial_table: Option<v1::RouteTable>,
     started: Instant,
     clock: Instant,
+    /// The NAT event log's writer, shut down (flushed) after the workers stop.
+    nat_log: Mutex<Option<NatLogWriter>>,
+    /// A handle on the log's counters that outlives the writer.
+    nat_log_stats: Option<NatLogSender>,
 }
 
 fn random_u64() -> u64 {
@@ -363,7 +375,18 @@ impl Dataplane {
             ..WorkerConfig::default()
         };
 
+        let nat_log = match &config.nat_log {
+            Some(nat_log) => {
+                let writer = NatLogWriter::start(nat_log.writer_config())?;
+                info!(dir = %nat_log.dir.display(), "NAT event log started");
+                Some(writer)
+            }
+            None => None,
+        };
+        let nat_log_sender = nat_log.as_ref().map(NatLogWriter::sender);
         let mut dataplane = Dataplane {
+            nat_log: Mutex::new(nat_log),
+            nat_log_stats: nat_log_sender.clone(),
             shared: Arc::clone(&shared),
             commands: Vec::new(),
             threads: Mutex::new(Vec::new()),
@@ -448,6 +471,7 @@ impl Dataplane {
                 commands: command_receiver,
                 resolver: dataplane.monitor.resolver(),
                 clock,
+                nat_log: nat_log_sender.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("egw-worker-{core}"))
@@ -557,6 +581,11 @@ impl Dataplane {
         self.shared.next_hops.load_full()
     }
 
+    /// The NAT event log's counters, when the log is on.
+    pub fn nat_log_stats(&self) -> Option<NatLogStats> {
+        self.nat_log_stats.as_ref().map(NatLogSender::stats)
+    }
+
     pub fn steering_stats(&self) -> Option<egw_xdp::SteeringStats> {
         lock(&self.program).stats().ok()
     }
@@ -635,6 +664,18 @@ impl Dataplane {
         if let Err(error) = lock(&self.program).detach_all() {
             warn!(%error, "detaching XDP failed");
         }
+        // After the workers, so their last events (the shutdown deletes) are flushed too.
+        if let Some(writer) = lock(&self.nat_log).take() {
+            match writer.shutdown() {
+                Ok(stats) => info!(
+                    written = stats.events_written,
+                    dropped = stats.events_dropped,
+                    write_errors = stats.write_errors,
+                    "NAT event log closed"
+                ),
+                Err(error) => error!(%error, "closing the NAT event log failed"),
+            }
+        }
         info!("dataplane stopped");
     }
 }
@@ -682,6 +723,7 @@ struct WorkerContext {
     commands: Receiver<Command>,
     resolver: Sender<(u32, Ipv4Addr)>,
     clock: Instant,
+    nat_log: Option<NatLogSender>,
 }
 
 /// Everything a worker touches per packet except the engine (so the engine can lend frames to
@@ -809,6 +851,7 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
         commands,
         resolver,
         clock,
+        nat_log,
     } = context;
     let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
     if pinned {
@@ -832,6 +875,12 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
     }
     let mut table_version = shared.table_version.load(Ordering::Acquire);
     engine.set_route_table(shared.table.load_full());
+    let mut flow_events = Vec::new();
+    let mut flow_events_dropped = 0u64;
+    if nat_log.is_some() {
+        engine.enable_flow_events(FLOW_EVENT_BUFFER);
+        flow_events.reserve(FLOW_EVENT_BUFFER);
+    }
     let _ = ready.send(Ok(()));
     drop(ready);
 
@@ -931,13 +980,59 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
                 std::thread::sleep(IDLE_WAIT);
             }
         }
+        if let Some(nat_log) = &nat_log {
+            engine.take_flow_events(&mut flow_events);
+            if !flow_events.is_empty() {
+                nat_log.submit_flow_events(&mut flow_events);
+            }
+        }
         if last_publish.elapsed() >= PUBLISH_INTERVAL {
+            if let Some(nat_log) = &nat_log {
+                let dropped = engine.flow_events_dropped();
+                nat_log.record_dropped(dropped.saturating_sub(flow_events_dropped));
+                flow_events_dropped = dropped;
+            }
             publish(&shared, &engine, &io);
             last_publish = Instant::now();
         }
     }
+    if let Some(nat_log) = &nat_log {
+        engine.take_flow_events(&mut flow_events);
+        nat_log.submit_flow_events(&mut flow_events);
+        nat_log.record_dropped(
+            engine
+                .flow_events_dropped()
+                .saturating_sub(flow_events_dropped),
+        );
+        log_open_flows_as_deleted(&engine, nat_log, clock.elapsed(), core);
+    }
     publish(&shared, &engine, &io);
     info!(worker = core, "worker stopped");
+}
+
+/// Logs every flow still open as deleted (reason [`SHUTDOWN_REASON`]): the gateway is going away
+/// and so are its mappings, and a compliance log must not leave them open-ended.
+fn log_open_flows_as_deleted(engine: &Engine, nat_log: &NatLogSender, now: Duration, core: u16) {
+    let filter = FlowFilter::default();
+    let mut cursor = Some(0u32);
+    let mut flows = Vec::new();
+    let mut events = Vec::new();
+    let mut logged = 0usize;
+    while let Some(from) = cursor {
+        flows.clear();
+        cursor = engine.list_flows(&filter, from, 4096, LIST_SCAN_BUDGET, now, &mut flows);
+        logged += flows.len();
+        events.extend(flows.drain(..).map(|flow| egw_engine::FlowEvent::Removed {
+            flow,
+            reason: SHUTDOWN_REASON,
+        }));
+        nat_log.submit_flow_events(&mut events);
+    }
+    info!(
+        worker = core,
+        flows = logged,
+        "open flows logged as deleted (shutdown)"
+    );
 }
 
 /// The ingress a released fragment is handed off with: the engine classified it by address (it
