@@ -498,6 +498,34 @@ mod tests {
         assert!(!text.contains("egw_natlog_"), "{text}");
     }
 
+    /// The dashboard (deploy/grafana/egw.json) queries only series the gateway renders.
+    #[test]
+    fn every_gateway_metric_the_dashboard_queries_is_rendered() {
+        let dashboard = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/egw.json"),
+        )
+        .unwrap();
+        let rendered = render(&view(), 0.9);
+        let mut checked = 0;
+        for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with("egw_") || word.starts_with("egw_controller_") {
+                continue;
+            }
+            checked += 1;
+            assert!(
+                rendered
+                    .lines()
+                    .any(|line| line.starts_with(&format!("{word}{{"))
+                        || line.starts_with(&format!("{word} "))),
+                "the dashboard queries {word}, which the gateway does not export"
+            );
+        }
+        assert!(
+            checked >= 10,
+            "only {checked} gateway metrics found in the dashboard"
+        );
+    }
+
     struct Fixed(GatewayView);
 
     impl MetricsSource for Fixed {
