@@ -1010,27 +1010,54 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
     info!(worker = core, "worker stopped");
 }
 
+/// Flows per page when logging the open flows at shutdown.
+const SHUTDOWN_PAGE: usize = 4096;
+/// How long, per page, the shutdown logging waits for the writer to catch up.
+const SHUTDOWN_PAGE_WAIT: Duration = Duration::from_millis(100);
+
 /// Logs every flow still open as deleted (reason [`SHUTDOWN_REASON`]): the gateway is going away
 /// and so are its mappings, and a compliance log must not leave them open-ended.
+///
+/// A full table holds more flows than the log's queue, so after each page this waits (bounded)
+/// until the writer has written as many events as the page added, instead of overflowing the
+/// queue and dropping deletes.
 fn log_open_flows_as_deleted(engine: &Engine, nat_log: &NatLogSender, now: Duration, core: u16) {
     let filter = FlowFilter::default();
     let mut cursor = Some(0u32);
-    let mut flows = Vec::new();
-    let mut events = Vec::new();
-    let mut logged = 0usize;
+    let mut flows = Vec::with_capacity(SHUTDOWN_PAGE);
+    let mut events = Vec::with_capacity(SHUTDOWN_PAGE);
+    let (mut logged, mut dropped) = (0usize, 0usize);
     while let Some(from) = cursor {
         flows.clear();
-        cursor = engine.list_flows(&filter, from, 4096, LIST_SCAN_BUDGET, now, &mut flows);
-        logged += flows.len();
+        cursor = engine.list_flows(
+            &filter,
+            from,
+            SHUTDOWN_PAGE,
+            LIST_SCAN_BUDGET,
+            now,
+            &mut flows,
+        );
+        let page = flows.len();
+        logged += page;
         events.extend(flows.drain(..).map(|flow| egw_engine::FlowEvent::Removed {
             flow,
             reason: SHUTDOWN_REASON,
         }));
-        nat_log.submit_flow_events(&mut events);
+        let written_before = nat_log.stats().events_written;
+        dropped += nat_log.submit_flow_events(&mut events);
+        if cursor.is_some() && page > 0 {
+            let waited = Instant::now();
+            while nat_log.stats().events_written < written_before + page as u64
+                && waited.elapsed() < SHUTDOWN_PAGE_WAIT
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
     info!(
         worker = core,
         flows = logged,
+        dropped,
         "open flows logged as deleted (shutdown)"
     );
 }
@@ -1175,6 +1202,94 @@ mod tests {
             steered_addresses(&config(), &table, &in_use),
             [1, 2, 7, 9].map(|last| Ipv4Addr::new(198, 51, 100, last))
         );
+    }
+
+    /// More open flows than one page: every one is logged once as deleted with reason
+    /// `shutdown`, with the addresses the engine mapped.
+    #[test]
+    fn shutdown_logs_every_open_flow_as_deleted() {
+        use egw_engine::route::{PolicySpec, RuleSpec, SourceSpec};
+        use egw_engine::testkit::PacketBuilder;
+        const FLOWS: u16 = 5000;
+        let table = RouteTable::compile(RouteTableSpec {
+            generation: 1,
+            pools: vec![PoolSpec {
+                name: "a".into(),
+                addresses: vec![Ipv4Addr::new(198, 51, 100, 1)],
+                pairing: true,
+            }],
+            policies: vec![PolicySpec {
+                name: "all".into(),
+                rules: vec![RuleSpec {
+                    destination: "0.0.0.0/0".parse().unwrap(),
+                    action: ActionSpec::Snat { pool: "a".into() },
+                    description: String::new(),
+                }],
+                default_action: None,
+            }],
+            sources: vec![SourceSpec {
+                cidr: "10.244.0.0/16".parse().unwrap(),
+                policy: "all".into(),
+            }],
+            default_action: ActionSpec::Deny {
+                reason: "none".into(),
+            },
+        })
+        .unwrap();
+        let mut engine = Engine::new(EngineConfig {
+            flow_capacity: 8192,
+            inside_address: Ipv4Addr::new(10, 244, 0, 1),
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        engine.set_route_table(Arc::new(table));
+        let now = Duration::from_secs(1);
+        for port in 0..FLOWS {
+            let mut frame = PacketBuilder::new()
+                .eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4(
+                    Ipv4Addr::new(10, 244, 1, 10),
+                    Ipv4Addr::new(203, 0, 113, 10),
+                )
+                .udp(10_000 + port, 53)
+                .payload(b"q")
+                .build();
+            let len = frame.len();
+            assert!(
+                matches!(
+                    engine.process(&mut frame, len, Ingress::Inside, now),
+                    Verdict::Forward { .. }
+                ),
+                "flow {port} not created"
+            );
+        }
+        assert_eq!(engine.occupancy().0, u32::from(FLOWS));
+        assert!(usize::from(FLOWS) > SHUTDOWN_PAGE);
+
+        let directory = tempfile::tempdir().unwrap();
+        let writer =
+            NatLogWriter::start(egw_natlog::NatLogConfig::new(directory.path(), "gw")).unwrap();
+        log_open_flows_as_deleted(&engine, &writer.sender(), now, 0);
+        let stats = writer.shutdown().unwrap();
+        assert_eq!(stats.events_dropped, 0);
+        let records: Vec<egw_natlog::NatLogRecord> = std::fs::read_dir(directory.path())
+            .unwrap()
+            .flat_map(|entry| {
+                let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+                text.lines()
+                    .map(|line| serde_json::from_str(line).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(records.len(), usize::from(FLOWS));
+        let pod_ports: BTreeSet<u16> = records.iter().map(|record| record.pod.port()).collect();
+        assert_eq!(pod_ports, (10_000..10_000 + FLOWS).collect());
+        for record in &records {
+            assert_eq!(record.event, egw_natlog::EventKind::Delete);
+            assert_eq!(record.reason.as_deref(), Some(SHUTDOWN_REASON));
+            assert_eq!(*record.external.ip(), Ipv4Addr::new(198, 51, 100, 1));
+            assert_eq!(record.remote.to_string(), "203.0.113.10:53");
+        }
     }
 
     #[test]
