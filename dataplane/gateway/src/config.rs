@@ -20,7 +20,10 @@
 //!   gateway_name: gw-a             # default: $NODE_NAME, else the host name
 //!   max_file_bytes: 67108864       # default 64 MiB
 //!   keep_files: 48
+//!   rotate_every_s: 3600           # default 3600; 0: size-only rotation
+//!   queue_capacity: 65536          # events queued for the writer; more are dropped and counted
 //!   ipfix_collector: 192.0.2.10:4739   # optional RFC 8158 export over UDP
+//!   ipfix_observation_domain: 1
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -314,9 +317,19 @@ pub struct NatLogFileConfig {
     /// Files kept, the current one included (default 48).
     #[serde(default)]
     pub keep_files: Option<usize>,
+    /// Start a new file after this many seconds (default 3600; 0: no time limit).
+    #[serde(default)]
+    pub rotate_every_s: Option<u64>,
+    /// Events queued between the workers and the writer (default 65536); more are dropped and
+    /// counted in `egw_natlog_events_dropped_total`.
+    #[serde(default)]
+    pub queue_capacity: Option<usize>,
     /// Also export the events as IPFIX (RFC 8158) to this UDP collector.
     #[serde(default)]
     pub ipfix_collector: Option<SocketAddr>,
+    /// The IPFIX observation domain identifying this gateway to the collector (default 1).
+    #[serde(default)]
+    pub ipfix_observation_domain: Option<u32>,
 }
 
 impl NatLogFileConfig {
@@ -330,9 +343,16 @@ impl NatLogFileConfig {
         if let Some(keep) = self.keep_files {
             config.keep_files = keep;
         }
+        if let Some(seconds) = self.rotate_every_s {
+            config.rotate_every = (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
+        }
+        if let Some(capacity) = self.queue_capacity {
+            config.queue_capacity = capacity;
+        }
+        let domain = self.ipfix_observation_domain.unwrap_or(1);
         config.ipfix = self
             .ipfix_collector
-            .map(|collector| egw_natlog::IpfixConfig::new(collector, 1));
+            .map(|collector| egw_natlog::IpfixConfig::new(collector, domain));
         config
     }
 }
@@ -611,6 +631,9 @@ impl GatewayConfig {
                     "must be at least 1 (the file being written)",
                 ));
             }
+            if nat_log.queue_capacity == Some(0) {
+                return Err(invalid("nat_log.queue_capacity", "must be at least 1"));
+            }
             if nat_log
                 .gateway_name
                 .as_deref()
@@ -815,7 +838,8 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
         assert!(config.nat_log.is_none());
         let config = parse(&format!(
             "{LAB_FILE}metrics: {{listen: 127.0.0.1:9464}}\n\
-             nat_log: {{dir: /tmp/nat, gateway_name: gw-a, max_file_bytes: 1000, keep_files: 3, ipfix_collector: 127.0.0.1:4739}}\n"
+             nat_log: {{dir: /tmp/nat, gateway_name: gw-a, max_file_bytes: 1000, keep_files: 3, rotate_every_s: 0, \
+             queue_capacity: 10, ipfix_collector: 127.0.0.1:4739, ipfix_observation_domain: 7}}\n"
         ))
         .unwrap();
         let metrics = config.metrics.unwrap();
@@ -829,10 +853,11 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
         assert_eq!(writer.gateway, "gw-a");
         assert_eq!(writer.max_file_bytes, 1000);
         assert_eq!(writer.keep_files, 3);
-        assert_eq!(
-            writer.ipfix.unwrap().collector,
-            "127.0.0.1:4739".parse().unwrap()
-        );
+        assert_eq!(writer.rotate_every, None);
+        assert_eq!(writer.queue_capacity, 10);
+        let ipfix = writer.ipfix.unwrap();
+        assert_eq!(ipfix.collector, "127.0.0.1:4739".parse().unwrap());
+        assert_eq!(ipfix.observation_domain_id, 7);
         let defaults = parse(&format!("{LAB_FILE}nat_log: {{dir: /tmp/nat}}\n"))
             .unwrap()
             .nat_log
@@ -840,6 +865,10 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
             .writer_config();
         assert!(!defaults.gateway.is_empty());
         assert!(defaults.ipfix.is_none());
+        assert_eq!(
+            defaults.rotate_every,
+            Some(std::time::Duration::from_secs(3600))
+        );
         for (extra, field) in [
             (
                 "metrics: {listen: 127.0.0.1:9464, port_exhaustion_threshold: 1.5}",
@@ -854,6 +883,10 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
                 "nat_log.keep_files",
             ),
             ("nat_log: {dir: ''}", "nat_log.dir"),
+            (
+                "nat_log: {dir: /tmp/nat, queue_capacity: 0}",
+                "nat_log.queue_capacity",
+            ),
         ] {
             let error = parse(&format!("{LAB_FILE}{extra}\n")).unwrap_err();
             assert!(
