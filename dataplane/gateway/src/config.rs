@@ -12,6 +12,18 @@
 //! conntrack: { capacity_per_core: 262144, udp_filtering: address_and_port_dependent }
 //! mtu: 1500                        # optional; default: each interface's MTU
 //! log_format: text                 # or json
+//! metrics:                         # optional: /metrics (OpenMetrics) and /healthz over HTTP
+//!   listen: 0.0.0.0:9464
+//!   port_exhaustion_threshold: 0.9 # egw_port_exhaustion is 1 at or above this utilisation
+//! nat_log:                         # optional: NAT event log (egw_natlog), one JSON line per mapping
+//!   dir: /var/log/egw/nat
+//!   gateway_name: gw-a             # default: $NODE_NAME, else the host name
+//!   max_file_bytes: 67108864       # default 64 MiB
+//!   keep_files: 48
+//!   rotate_every_s: 3600           # default 3600; 0: size-only rotation
+//!   queue_capacity: 65536          # events queued for the writer; more are dropped and counted
+//!   ipfix_collector: 192.0.2.10:4739   # optional RFC 8158 export over UDP
+//!   ipfix_observation_domain: 1
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -273,8 +285,92 @@ impl Default for XdpConfig {
     }
 }
 
-/// The whole gateway configuration.
+/// Default utilisation at which `egw_port_exhaustion` fires.
+pub const DEFAULT_PORT_EXHAUSTION_THRESHOLD: f64 = 0.9;
+
+/// The HTTP listener of `/metrics` and `/healthz`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+    /// Port utilisation (0..=1) at or above which `egw_port_exhaustion` is 1.
+    #[serde(default = "default_port_exhaustion_threshold")]
+    pub port_exhaustion_threshold: f64,
+}
+
+fn default_port_exhaustion_threshold() -> f64 {
+    DEFAULT_PORT_EXHAUSTION_THRESHOLD
+}
+
+/// The NAT event log (see [`egw_natlog`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatLogFileConfig {
+    /// Directory of the log files (created if missing).
+    pub dir: PathBuf,
+    /// Written in every record; default: `NODE_NAME` from the environment, else the host name.
+    #[serde(default)]
+    pub gateway_name: Option<String>,
+    /// Start a new file at this size (default 64 MiB; 0: no size limit).
+    #[serde(default)]
+    pub max_file_bytes: Option<u64>,
+    /// Files kept, the current one included (default 48).
+    #[serde(default)]
+    pub keep_files: Option<usize>,
+    /// Start a new file after this many seconds (default 3600; 0: no time limit).
+    #[serde(default)]
+    pub rotate_every_s: Option<u64>,
+    /// Events queued between the workers and the writer (default 65536); more are dropped and
+    /// counted in `egw_natlog_events_dropped_total`.
+    #[serde(default)]
+    pub queue_capacity: Option<usize>,
+    /// Also export the events as IPFIX (RFC 8158) to this UDP collector.
+    #[serde(default)]
+    pub ipfix_collector: Option<SocketAddr>,
+    /// The IPFIX observation domain identifying this gateway to the collector (default 1).
+    #[serde(default)]
+    pub ipfix_observation_domain: Option<u32>,
+}
+
+impl NatLogFileConfig {
+    /// The writer's configuration.
+    pub fn writer_config(&self) -> egw_natlog::NatLogConfig {
+        let gateway = self.gateway_name.clone().unwrap_or_else(host_name);
+        let mut config = egw_natlog::NatLogConfig::new(&self.dir, gateway);
+        if let Some(bytes) = self.max_file_bytes {
+            config.max_file_bytes = bytes;
+        }
+        if let Some(keep) = self.keep_files {
+            config.keep_files = keep;
+        }
+        if let Some(seconds) = self.rotate_every_s {
+            config.rotate_every = (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
+        }
+        if let Some(capacity) = self.queue_capacity {
+            config.queue_capacity = capacity;
+        }
+        let domain = self.ipfix_observation_domain.unwrap_or(1);
+        config.ipfix = self
+            .ipfix_collector
+            .map(|collector| egw_natlog::IpfixConfig::new(collector, domain));
+        config
+    }
+}
+
+/// `NODE_NAME` (set from the downward API in the DaemonSet), else the kernel's host name, else
+/// `egw-gateway`.
+fn host_name() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|name| !name.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "egw-gateway".to_owned())
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Pod-facing interface (and the only one when one-armed).
@@ -309,6 +405,12 @@ pub struct GatewayConfig {
     pub log_format: LogFormat,
     #[serde(default)]
     pub xdp: XdpConfig,
+    /// `/metrics` and `/healthz`; off when absent.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// The NAT event log; off when absent.
+    #[serde(default)]
+    pub nat_log: Option<NatLogFileConfig>,
 }
 
 fn default_workers() -> u16 {
@@ -339,6 +441,9 @@ pub struct Overrides {
     /// Interface MTU override.
     #[arg(long)]
     pub mtu: Option<u16>,
+    /// Serve `/metrics` and `/healthz` on this address (e.g. 0.0.0.0:9464).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl GatewayConfig {
@@ -384,6 +489,17 @@ impl GatewayConfig {
         }
         if let Some(mtu) = overrides.mtu {
             self.mtu = Some(mtu);
+        }
+        if let Some(listen) = overrides.metrics_listen {
+            match &mut self.metrics {
+                Some(metrics) => metrics.listen = listen,
+                None => {
+                    self.metrics = Some(MetricsConfig {
+                        listen,
+                        port_exhaustion_threshold: DEFAULT_PORT_EXHAUSTION_THRESHOLD,
+                    })
+                }
+            }
         }
     }
 
@@ -495,6 +611,36 @@ impl GatewayConfig {
                     self.xdp.ring_size, self.xdp.frame_count
                 ),
             ));
+        }
+        if let Some(metrics) = &self.metrics {
+            let threshold = metrics.port_exhaustion_threshold;
+            if !(threshold > 0.0 && threshold <= 1.0) {
+                return Err(invalid(
+                    "metrics.port_exhaustion_threshold",
+                    format!("must be in (0, 1], got {threshold}"),
+                ));
+            }
+        }
+        if let Some(nat_log) = &self.nat_log {
+            if nat_log.dir.as_os_str().is_empty() {
+                return Err(invalid("nat_log.dir", "must not be empty"));
+            }
+            if nat_log.keep_files == Some(0) {
+                return Err(invalid(
+                    "nat_log.keep_files",
+                    "must be at least 1 (the file being written)",
+                ));
+            }
+            if nat_log.queue_capacity == Some(0) {
+                return Err(invalid("nat_log.queue_capacity", "must be at least 1"));
+            }
+            if nat_log
+                .gateway_name
+                .as_deref()
+                .is_some_and(|name| name.trim().is_empty())
+            {
+                return Err(invalid("nat_log.gateway_name", "must not be empty"));
+            }
         }
         Ok(())
     }
@@ -683,6 +829,127 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
         let error = parse(&LAB_FILE.replacen("10.244.0.1 ", "10.244.0.300 ", 1)).unwrap_err();
         assert!(matches!(error, ConfigError::Parse { .. }), "{error}");
         assert!(parse("inside_interface: gw-in\n").is_err());
+    }
+
+    #[test]
+    fn metrics_and_nat_log_are_opt_in() {
+        let config = parse(LAB_FILE).unwrap();
+        assert!(config.metrics.is_none());
+        assert!(config.nat_log.is_none());
+        let config = parse(&format!(
+            "{LAB_FILE}metrics: {{listen: 127.0.0.1:9464}}\n\
+             nat_log: {{dir: /tmp/nat, gateway_name: gw-a, max_file_bytes: 1000, keep_files: 3, rotate_every_s: 0, \
+             queue_capacity: 10, ipfix_collector: 127.0.0.1:4739, ipfix_observation_domain: 7}}\n"
+        ))
+        .unwrap();
+        let metrics = config.metrics.unwrap();
+        assert_eq!(metrics.listen, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(
+            metrics.port_exhaustion_threshold,
+            DEFAULT_PORT_EXHAUSTION_THRESHOLD
+        );
+        let writer = config.nat_log.unwrap().writer_config();
+        assert_eq!(writer.directory, PathBuf::from("/tmp/nat"));
+        assert_eq!(writer.gateway, "gw-a");
+        assert_eq!(writer.max_file_bytes, 1000);
+        assert_eq!(writer.keep_files, 3);
+        assert_eq!(writer.rotate_every, None);
+        assert_eq!(writer.queue_capacity, 10);
+        let ipfix = writer.ipfix.unwrap();
+        assert_eq!(ipfix.collector, "127.0.0.1:4739".parse().unwrap());
+        assert_eq!(ipfix.observation_domain_id, 7);
+        let defaults = parse(&format!("{LAB_FILE}nat_log: {{dir: /tmp/nat}}\n"))
+            .unwrap()
+            .nat_log
+            .unwrap()
+            .writer_config();
+        assert!(!defaults.gateway.is_empty());
+        assert!(defaults.ipfix.is_none());
+        assert_eq!(
+            defaults.rotate_every,
+            Some(std::time::Duration::from_secs(3600))
+        );
+        for (extra, field) in [
+            (
+                "metrics: {listen: 127.0.0.1:9464, port_exhaustion_threshold: 1.5}",
+                "metrics.port_exhaustion_threshold",
+            ),
+            (
+                "metrics: {listen: 127.0.0.1:9464, port_exhaustion_threshold: 0}",
+                "metrics.port_exhaustion_threshold",
+            ),
+            (
+                "nat_log: {dir: /tmp/nat, keep_files: 0}",
+                "nat_log.keep_files",
+            ),
+            ("nat_log: {dir: ''}", "nat_log.dir"),
+            (
+                "nat_log: {dir: /tmp/nat, queue_capacity: 0}",
+                "nat_log.queue_capacity",
+            ),
+        ] {
+            let error = parse(&format!("{LAB_FILE}{extra}\n")).unwrap_err();
+            assert!(
+                matches!(&error, ConfigError::Invalid { field: f, .. } if *f == field),
+                "{field}: {error}"
+            );
+        }
+        let error = parse(&format!("{LAB_FILE}nat_log: {{directory: /tmp/nat}}\n")).unwrap_err();
+        assert!(chain(&error).contains("directory"), "{error}");
+    }
+
+    #[test]
+    fn metrics_listen_flag_turns_metrics_on_or_moves_them() {
+        let mut config = parse(LAB_FILE).unwrap();
+        let overrides = Overrides {
+            metrics_listen: Some("127.0.0.1:9999".parse().unwrap()),
+            ..Overrides::default()
+        };
+        config.apply(&overrides);
+        assert_eq!(
+            config.metrics.as_ref().unwrap().listen,
+            "127.0.0.1:9999".parse().unwrap()
+        );
+        let mut config = parse(&format!(
+            "{LAB_FILE}metrics: {{listen: 0.0.0.0:9464, port_exhaustion_threshold: 0.5}}\n"
+        ))
+        .unwrap();
+        config.apply(&overrides);
+        let metrics = config.metrics.unwrap();
+        assert_eq!(metrics.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(metrics.port_exhaustion_threshold, 0.5);
+    }
+
+    /// The Kubernetes ConfigMap's `gateway.yaml` is what the DaemonSet passes to `--config`.
+    #[test]
+    fn the_kubernetes_configmap_is_a_valid_gateway_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/kubernetes/base/gateway-configmap.yaml");
+        let manifest: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let embedded = manifest["data"]["gateway.yaml"]
+            .as_str()
+            .expect("the ConfigMap has data.gateway.yaml");
+        let config = parse(embedded).unwrap();
+        assert_eq!(
+            config.metrics.as_ref().map(|metrics| metrics.listen.port()),
+            Some(9464),
+            "the DaemonSet's metrics port"
+        );
+        assert_eq!(
+            config.control.tcp.as_ref().map(|tcp| tcp.listen.port()),
+            Some(7443),
+            "the DaemonSet's grpc port"
+        );
+        assert_eq!(
+            config.nat_log.as_ref().map(|nat_log| nat_log.dir.clone()),
+            Some(PathBuf::from("/var/log/egw/nat")),
+            "the DaemonSet's natlog volume"
+        );
+        assert_eq!(
+            config.control.unix_socket.as_deref(),
+            Some(Path::new("/run/egw/egw.sock"))
+        );
     }
 
     #[test]

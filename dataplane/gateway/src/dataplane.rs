@@ -19,6 +19,7 @@ use egw_engine::{
     Counters, Engine, EngineConfig, ExternalUsage, FlowFilter, FlowInfo, Ingress, RouteTable, Side,
     Verdict,
 };
+use egw_natlog::{NatLogSender, NatLogStats, NatLogWriter};
 use egw_proto::v1;
 use egw_xdp::xsk::{self, FrameDesc, SocketInfo, TxStatus, Worker, WorkerConfig, WorkerCounters};
 use egw_xdp::{AttachMode, AttachedInterface, InterfaceRole, InterfaceSpec, SteeringProgram};
@@ -43,6 +44,11 @@ const HANDOFF_RING: usize = 1024;
 const COMMAND_QUEUE: usize = 64;
 /// Slots a flow listing scans per worker request, bounding the time a worker spends on it.
 pub const LIST_SCAN_BUDGET: u32 = 1 << 16;
+/// Flow events an engine buffers between two batches when the NAT log is on; more are dropped
+/// and counted (`egw_natlog_events_dropped_total`).
+const FLOW_EVENT_BUFFER: usize = 8192;
+/// The reason logged for flows still open when the gateway stops.
+pub const SHUTDOWN_REASON: &str = "shutdown";
 
 /// Drops the gateway (not the engine) counts, by stable name.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -181,6 +187,8 @@ pub enum DataplaneError {
     },
     #[error("worker {worker}: {message}")]
     Worker { worker: u16, message: String },
+    #[error("starting the NAT event log")]
+    NatLog(#[from] egw_natlog::NatLogError),
 }
 
 /// An interface as the dataplane uses it.
@@ -204,6 +212,10 @@ pub struct Dataplane {
     initial_table: Option<v1::RouteTable>,
     started: Instant,
     clock: Instant,
+    /// The NAT event log's writer, shut down (flushed) after the workers stop.
+    nat_log: Mutex<Option<NatLogWriter>>,
+    /// A handle on the log's counters that outlives the writer.
+    nat_log_stats: Option<NatLogSender>,
 }
 
 fn random_u64() -> u64 {
@@ -363,7 +375,18 @@ impl Dataplane {
             ..WorkerConfig::default()
         };
 
+        let nat_log = match &config.nat_log {
+            Some(nat_log) => {
+                let writer = NatLogWriter::start(nat_log.writer_config())?;
+                info!(dir = %nat_log.dir.display(), "NAT event log started");
+                Some(writer)
+            }
+            None => None,
+        };
+        let nat_log_sender = nat_log.as_ref().map(NatLogWriter::sender);
         let mut dataplane = Dataplane {
+            nat_log: Mutex::new(nat_log),
+            nat_log_stats: nat_log_sender.clone(),
             shared: Arc::clone(&shared),
             commands: Vec::new(),
             threads: Mutex::new(Vec::new()),
@@ -448,6 +471,7 @@ impl Dataplane {
                 commands: command_receiver,
                 resolver: dataplane.monitor.resolver(),
                 clock,
+                nat_log: nat_log_sender.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("egw-worker-{core}"))
@@ -557,6 +581,11 @@ impl Dataplane {
         self.shared.next_hops.load_full()
     }
 
+    /// The NAT event log's counters, when the log is on.
+    pub fn nat_log_stats(&self) -> Option<NatLogStats> {
+        self.nat_log_stats.as_ref().map(NatLogSender::stats)
+    }
+
     pub fn steering_stats(&self) -> Option<egw_xdp::SteeringStats> {
         lock(&self.program).stats().ok()
     }
@@ -635,6 +664,18 @@ impl Dataplane {
         if let Err(error) = lock(&self.program).detach_all() {
             warn!(%error, "detaching XDP failed");
         }
+        // After the workers, so their last events (the shutdown deletes) are flushed too.
+        if let Some(writer) = lock(&self.nat_log).take() {
+            match writer.shutdown() {
+                Ok(stats) => info!(
+                    written = stats.events_written,
+                    dropped = stats.events_dropped,
+                    write_errors = stats.write_errors,
+                    "NAT event log closed"
+                ),
+                Err(error) => error!(%error, "closing the NAT event log failed"),
+            }
+        }
         info!("dataplane stopped");
     }
 }
@@ -682,6 +723,7 @@ struct WorkerContext {
     commands: Receiver<Command>,
     resolver: Sender<(u32, Ipv4Addr)>,
     clock: Instant,
+    nat_log: Option<NatLogSender>,
 }
 
 /// Everything a worker touches per packet except the engine (so the engine can lend frames to
@@ -809,6 +851,7 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
         commands,
         resolver,
         clock,
+        nat_log,
     } = context;
     let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
     if pinned {
@@ -832,6 +875,12 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
     }
     let mut table_version = shared.table_version.load(Ordering::Acquire);
     engine.set_route_table(shared.table.load_full());
+    let mut flow_events = Vec::new();
+    let mut flow_events_dropped = 0u64;
+    if nat_log.is_some() {
+        engine.enable_flow_events(FLOW_EVENT_BUFFER);
+        flow_events.reserve(FLOW_EVENT_BUFFER);
+    }
     let _ = ready.send(Ok(()));
     drop(ready);
 
@@ -931,13 +980,86 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
                 std::thread::sleep(IDLE_WAIT);
             }
         }
+        if let Some(nat_log) = &nat_log {
+            engine.take_flow_events(&mut flow_events);
+            if !flow_events.is_empty() {
+                nat_log.submit_flow_events(&mut flow_events);
+            }
+        }
         if last_publish.elapsed() >= PUBLISH_INTERVAL {
+            if let Some(nat_log) = &nat_log {
+                let dropped = engine.flow_events_dropped();
+                nat_log.record_dropped(dropped.saturating_sub(flow_events_dropped));
+                flow_events_dropped = dropped;
+            }
             publish(&shared, &engine, &io);
             last_publish = Instant::now();
         }
     }
+    if let Some(nat_log) = &nat_log {
+        engine.take_flow_events(&mut flow_events);
+        nat_log.submit_flow_events(&mut flow_events);
+        nat_log.record_dropped(
+            engine
+                .flow_events_dropped()
+                .saturating_sub(flow_events_dropped),
+        );
+        log_open_flows_as_deleted(&engine, nat_log, clock.elapsed(), core);
+    }
     publish(&shared, &engine, &io);
     info!(worker = core, "worker stopped");
+}
+
+/// Flows per page when logging the open flows at shutdown.
+const SHUTDOWN_PAGE: usize = 4096;
+/// How long, per page, the shutdown logging waits for the writer to catch up.
+const SHUTDOWN_PAGE_WAIT: Duration = Duration::from_millis(100);
+
+/// Logs every flow still open as deleted (reason [`SHUTDOWN_REASON`]): the gateway is going away
+/// and so are its mappings, and a compliance log must not leave them open-ended.
+///
+/// A full table holds more flows than the log's queue, so after each page this waits (bounded)
+/// until the writer has written as many events as the page added, instead of overflowing the
+/// queue and dropping deletes.
+fn log_open_flows_as_deleted(engine: &Engine, nat_log: &NatLogSender, now: Duration, core: u16) {
+    let filter = FlowFilter::default();
+    let mut cursor = Some(0u32);
+    let mut flows = Vec::with_capacity(SHUTDOWN_PAGE);
+    let mut events = Vec::with_capacity(SHUTDOWN_PAGE);
+    let (mut logged, mut dropped) = (0usize, 0usize);
+    while let Some(from) = cursor {
+        flows.clear();
+        cursor = engine.list_flows(
+            &filter,
+            from,
+            SHUTDOWN_PAGE,
+            LIST_SCAN_BUDGET,
+            now,
+            &mut flows,
+        );
+        let page = flows.len();
+        logged += page;
+        events.extend(flows.drain(..).map(|flow| egw_engine::FlowEvent::Removed {
+            flow,
+            reason: SHUTDOWN_REASON,
+        }));
+        let written_before = nat_log.stats().events_written;
+        dropped += nat_log.submit_flow_events(&mut events);
+        if cursor.is_some() && page > 0 {
+            let waited = Instant::now();
+            while nat_log.stats().events_written < written_before + page as u64
+                && waited.elapsed() < SHUTDOWN_PAGE_WAIT
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    info!(
+        worker = core,
+        flows = logged,
+        dropped,
+        "open flows logged as deleted (shutdown)"
+    );
 }
 
 /// The ingress a released fragment is handed off with: the engine classified it by address (it
@@ -1080,6 +1202,94 @@ mod tests {
             steered_addresses(&config(), &table, &in_use),
             [1, 2, 7, 9].map(|last| Ipv4Addr::new(198, 51, 100, last))
         );
+    }
+
+    /// More open flows than one page: every one is logged once as deleted with reason
+    /// `shutdown`, with the addresses the engine mapped.
+    #[test]
+    fn shutdown_logs_every_open_flow_as_deleted() {
+        use egw_engine::route::{PolicySpec, RuleSpec, SourceSpec};
+        use egw_engine::testkit::PacketBuilder;
+        const FLOWS: u16 = 5000;
+        let table = RouteTable::compile(RouteTableSpec {
+            generation: 1,
+            pools: vec![PoolSpec {
+                name: "a".into(),
+                addresses: vec![Ipv4Addr::new(198, 51, 100, 1)],
+                pairing: true,
+            }],
+            policies: vec![PolicySpec {
+                name: "all".into(),
+                rules: vec![RuleSpec {
+                    destination: "0.0.0.0/0".parse().unwrap(),
+                    action: ActionSpec::Snat { pool: "a".into() },
+                    description: String::new(),
+                }],
+                default_action: None,
+            }],
+            sources: vec![SourceSpec {
+                cidr: "10.244.0.0/16".parse().unwrap(),
+                policy: "all".into(),
+            }],
+            default_action: ActionSpec::Deny {
+                reason: "none".into(),
+            },
+        })
+        .unwrap();
+        let mut engine = Engine::new(EngineConfig {
+            flow_capacity: 8192,
+            inside_address: Ipv4Addr::new(10, 244, 0, 1),
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        engine.set_route_table(Arc::new(table));
+        let now = Duration::from_secs(1);
+        for port in 0..FLOWS {
+            let mut frame = PacketBuilder::new()
+                .eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4(
+                    Ipv4Addr::new(10, 244, 1, 10),
+                    Ipv4Addr::new(203, 0, 113, 10),
+                )
+                .udp(10_000 + port, 53)
+                .payload(b"q")
+                .build();
+            let len = frame.len();
+            assert!(
+                matches!(
+                    engine.process(&mut frame, len, Ingress::Inside, now),
+                    Verdict::Forward { .. }
+                ),
+                "flow {port} not created"
+            );
+        }
+        assert_eq!(engine.occupancy().0, u32::from(FLOWS));
+        assert!(usize::from(FLOWS) > SHUTDOWN_PAGE);
+
+        let directory = tempfile::tempdir().unwrap();
+        let writer =
+            NatLogWriter::start(egw_natlog::NatLogConfig::new(directory.path(), "gw")).unwrap();
+        log_open_flows_as_deleted(&engine, &writer.sender(), now, 0);
+        let stats = writer.shutdown().unwrap();
+        assert_eq!(stats.events_dropped, 0);
+        let records: Vec<egw_natlog::NatLogRecord> = std::fs::read_dir(directory.path())
+            .unwrap()
+            .flat_map(|entry| {
+                let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+                text.lines()
+                    .map(|line| serde_json::from_str(line).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(records.len(), usize::from(FLOWS));
+        let pod_ports: BTreeSet<u16> = records.iter().map(|record| record.pod.port()).collect();
+        assert_eq!(pod_ports, (10_000..10_000 + FLOWS).collect());
+        for record in &records {
+            assert_eq!(record.event, egw_natlog::EventKind::Delete);
+            assert_eq!(record.reason.as_deref(), Some(SHUTDOWN_REASON));
+            assert_eq!(*record.external.ip(), Ipv4Addr::new(198, 51, 100, 1));
+            assert_eq!(record.remote.to_string(), "203.0.113.10:53");
+        }
     }
 
     #[test]

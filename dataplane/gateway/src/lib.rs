@@ -6,6 +6,7 @@
 //! - [`dataplane`]: the pinned AF_XDP workers, each running an [`egw_engine::Engine`].
 //! - [`backend`]: the [`control::ControlBackend`] over the dataplane.
 //! - [`control`]: the `egw.v1` gRPC server.
+//! - [`metrics`]: `/metrics` (OpenMetrics) and `/healthz` over HTTP; the series are listed there.
 //!
 //! # Running
 //!
@@ -16,6 +17,11 @@
 //! `egw.v1.Gateway` on the control socket. SIGHUP re-reads `route_table_file` and applies it through
 //! the control socket ([`reload`]). SIGTERM or SIGINT stops it cleanly and detaches XDP;
 //! any startup failure exits with status 1 and one readable line on stderr.
+//!
+//! With `metrics.listen` (or `--metrics-listen`) it serves `/metrics` and `/healthz` ([`metrics`]).
+//! With `nat_log.dir` every worker records each mapping it creates and removes in the NAT event
+//! log ([`egw_natlog`]); at shutdown the flows still open are logged as `delete` with reason
+//! `shutdown` and the log is flushed before the process exits.
 //!
 //! Peers on veth links must send complete checksums (`ethtool -K DEV tx off`): AF_XDP sees frames
 //! before the kernel would finish a partial checksum, and the gateway does not.
@@ -34,6 +40,7 @@ pub mod config;
 pub mod control;
 pub mod convert;
 pub mod dataplane;
+pub mod metrics;
 pub mod netlink;
 pub mod nexthop;
 pub mod reload;

@@ -11,6 +11,7 @@ use egw_gateway::backend::GatewayBackend;
 use egw_gateway::config::{GatewayConfig, LogFormat, Overrides};
 use egw_gateway::control;
 use egw_gateway::dataplane::Dataplane;
+use egw_gateway::metrics;
 use egw_gateway::reload;
 use tracing::{error, info, warn};
 
@@ -77,6 +78,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         .thread_name("egw-control")
         .build()
         .context("starting the async runtime")?;
+    let metrics_config = config.metrics.clone();
+    // Bound before the dataplane starts, so a taken port fails startup plainly.
+    let metrics_listener = match &metrics_config {
+        Some(metrics) => Some(runtime.block_on(metrics::bind(metrics.listen))?),
+        None => None,
+    };
     let table_file = config.route_table_file.clone();
     let control_socket = config.control.unix_socket.clone();
     let dataplane = Arc::new(Dataplane::start(config).context("starting the dataplane")?);
@@ -88,6 +95,24 @@ fn run(args: Args) -> anyhow::Result<()> {
             let _ = stop_receiver.wait_for(|stop| *stop).await;
         });
         tokio::pin!(server);
+        let metrics_server = async {
+            match (metrics_listener, &metrics_config) {
+                (Some(listener), Some(metrics)) => {
+                    info!(listen = %metrics.listen, "serving /metrics and /healthz");
+                    let mut stop = stop_sender.subscribe();
+                    metrics::serve(
+                        listener,
+                        Arc::clone(&dataplane),
+                        metrics.port_exhaustion_threshold,
+                        async move {
+                            let _ = stop.wait_for(|stop| *stop).await;
+                        },
+                    )
+                    .await
+                }
+                _ => std::future::pending().await,
+            }
+        };
         let watchdog = async {
             let mut interval = tokio::time::interval(WATCHDOG_INTERVAL);
             loop {
@@ -124,6 +149,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         tokio::select! {
             result = &mut server => result.context("control server"),
             () = reloads => Ok(()),
+            result = metrics_server => result.context("metrics server"),
             worker = watchdog => {
                 let _ = stop_sender.send(true);
                 Err(anyhow::anyhow!("dataplane worker {worker} stopped unexpectedly"))

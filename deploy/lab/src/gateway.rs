@@ -46,6 +46,14 @@ pub const GATEWAY_BIN_ENV: &str = "EGW_GATEWAY_BIN";
 pub const EGW_CONFIG_FILE: &str = "egw.yaml";
 pub const EGW_ROUTE_TABLE_FILE: &str = "table.yaml";
 pub const EGW_CONTROL_SOCKET: &str = "egw.sock";
+/// The NAT event log directory inside the lab's work directory (with
+/// [`LabConfig::egw_observability`]).
+pub const EGW_NAT_LOG_DIR: &str = "natlog";
+/// Where egw-gateway serves `/metrics` and `/healthz`, in the gateway namespace (with
+/// [`LabConfig::egw_observability`]): loopback, so nothing outside the lab can reach it.
+pub const EGW_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// The gateway name written into every NAT log record in the lab.
+pub const EGW_LAB_GATEWAY_NAME: &str = "egw-lab";
 
 /// The nftables ruleset implementing the lab's pod → pool mapping. Written as
 /// "create, delete, recreate" so applying it is one atomic replacement whether or not the
@@ -73,6 +81,19 @@ pub struct ControlConfig {
     pub unix_socket: PathBuf,
 }
 
+/// `metrics:` section of the gateway config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetricsConfig {
+    pub listen: String,
+}
+
+/// `nat_log:` section of the gateway config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NatLogConfig {
+    pub dir: PathBuf,
+    pub gateway_name: String,
+}
+
 /// The egw-gateway configuration file. This struct is the single writer of that format.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EgwGatewayConfig {
@@ -84,6 +105,10 @@ pub struct EgwGatewayConfig {
     pub workers: u32,
     pub control: ControlConfig,
     pub route_table_file: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat_log: Option<NatLogConfig>,
 }
 
 impl EgwGatewayConfig {
@@ -100,6 +125,13 @@ impl EgwGatewayConfig {
                 unix_socket: dir.join(EGW_CONTROL_SOCKET),
             },
             route_table_file: dir.join(EGW_ROUTE_TABLE_FILE),
+            metrics: config.egw_observability.then(|| MetricsConfig {
+                listen: EGW_METRICS_LISTEN.to_owned(),
+            }),
+            nat_log: config.egw_observability.then(|| NatLogConfig {
+                dir: dir.join(EGW_NAT_LOG_DIR),
+                gateway_name: EGW_LAB_GATEWAY_NAME.to_owned(),
+            }),
         }
     }
 
@@ -282,6 +314,22 @@ mod tests {
              pod_cidrs:\n- 10.244.0.0/16\nsnat_addresses:\n- 198.51.100.1\n- 198.51.100.2\n\
              workers: 1\ncontrol:\n  unix_socket: /run/egw-lab/egw.sock\n\
              route_table_file: /run/egw-lab/table.yaml\n"
+        );
+    }
+
+    #[test]
+    fn observability_adds_metrics_and_nat_log_sections() {
+        let mut config = lab_config();
+        config.egw_observability = true;
+        let yaml = EgwGatewayConfig::for_lab(&config, Path::new("/run/egw-lab"))
+            .to_yaml()
+            .unwrap();
+        assert!(
+            yaml.ends_with(
+                "route_table_file: /run/egw-lab/table.yaml\nmetrics:\n  listen: 127.0.0.1:9464\n\
+                 nat_log:\n  dir: /run/egw-lab/natlog\n  gateway_name: egw-lab\n"
+            ),
+            "{yaml}"
         );
     }
 

@@ -103,6 +103,9 @@ pub struct LabConfig {
     /// RX/TX queues of the gateway's veths: one egw-gateway worker serves each queue, so a
     /// multi-worker run needs as many queues as workers.
     pub gateway_queues: u16,
+    /// egw only: serve `/metrics` on [`gateway::EGW_METRICS_LISTEN`] in the gateway namespace and
+    /// write the NAT event log to `<workdir>/`[`gateway::EGW_NAT_LOG_DIR`]. Off by default.
+    pub egw_observability: bool,
 }
 
 impl LabConfig {
@@ -144,6 +147,7 @@ impl LabConfig {
             prefix: None,
             arms: Arms::Two,
             gateway_queues: 1,
+            egw_observability: false,
         })
     }
 
@@ -1035,6 +1039,67 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// Stops egw-gateway with SIGTERM (its clean shutdown: NAT log flushed, XDP detached) and
+    /// waits up to `timeout` for it to exit; returns its exit status.
+    pub fn terminate_gateway(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let Some(ActiveGateway::Egw { process, .. }) = &mut self.gateway else {
+            return Err(LabError::Config(
+                "terminate needs the egw gateway".to_owned(),
+            ));
+        };
+        if let Some(status) = process.exited() {
+            return Ok(status);
+        }
+        cmd::run_args("kill", ["-TERM", &process.id().to_string()])?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = process.exited() {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Config(format!(
+                    "egw-gateway did not exit within {timeout:?} of SIGTERM; log: {}",
+                    process.log_tail(4000)
+                )));
+            }
+            thread::sleep(cmd::POLL_INTERVAL);
+        }
+    }
+
+    /// egw-gateway's `/metrics` text, fetched inside the gateway namespace (needs
+    /// [`LabConfig::egw_observability`]).
+    pub fn egw_metrics(&self) -> Result<String> {
+        self.egw_http_get("/metrics")
+    }
+
+    /// `GET path` from egw-gateway's metrics listener, inside the gateway namespace.
+    pub fn egw_http_get(&self, path: &str) -> Result<String> {
+        if !self.config.egw_observability {
+            return Err(LabError::Config(
+                "the egw metrics listener needs LabConfig::egw_observability".to_owned(),
+            ));
+        }
+        let args = vec![
+            "probe".to_owned(),
+            "get".to_owned(),
+            gateway::EGW_METRICS_LISTEN.to_owned(),
+            path.to_owned(),
+        ];
+        Ok(self
+            .run_in(
+                &self.gateway_namespace(),
+                &self.config.lab_binary,
+                &args,
+                PROBE_TIMEOUT,
+            )?
+            .stdout)
+    }
+
+    /// Where egw-gateway writes its NAT event log (with [`LabConfig::egw_observability`]).
+    pub fn egw_nat_log_dir(&self) -> PathBuf {
+        self.workdir.path().join(gateway::EGW_NAT_LOG_DIR)
     }
 
     /// Starts egw-gateway again with the lab's configuration (after [`kill_gateway`](Self::kill_gateway)).

@@ -719,7 +719,14 @@ fn container_ports(template: &PodTemplateSpec) -> BTreeSet<String> {
 /// their `_bucket`/`_sum`/`_count` series).
 pub const EGW_METRICS: &[&str] = &[
     "egw_rx_packets_total",
+    "egw_tx_packets_total",
     "egw_drops_total",
+    "egw_flows_created_total",
+    "egw_flows_expired_total",
+    "egw_ports_in_use",
+    "egw_port_exhaustion",
+    "egw_xdp_info",
+    "egw_natlog_events_written_total",
     "egw_conntrack_flows",
     "egw_conntrack_capacity",
     "egw_port_utilization_ratio",

@@ -135,11 +135,17 @@ fn the_controller_is_redundant_unprivileged_and_least_privileged() {
         Some(true)
     );
     let container = &pod.containers[0];
+    // Cluster mode always elects a leader; each replica needs its identity (POD_NAME).
+    assert!(container
+        .env
+        .iter()
+        .flatten()
+        .any(|env| env.name == "POD_NAME"));
     assert!(container
         .args
         .iter()
         .flatten()
-        .any(|arg| arg == "--leader-elect"));
+        .any(|arg| arg == "--metrics-address=0.0.0.0:9090"));
     let security = container.security_context.as_ref().unwrap();
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
