@@ -131,11 +131,9 @@ impl FixtureBackend {
 
 impl ControlBackend for FixtureBackend {
     fn apply_route_table(&self, table: v1::RouteTable) -> Result<(), BackendError> {
-        egw_proto::validate::validate(&table)
+        egw_proto::spec::compile(&table)
             .map(drop)
-            .map_err(|invalid| BackendError::InvalidTable {
-                message: invalid.to_string(),
-            })
+            .map_err(|message| BackendError::InvalidTable { message })
     }
 
     fn initial_route_table(&self) -> Option<v1::RouteTable> {

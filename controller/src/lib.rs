@@ -9,7 +9,7 @@
 //! * [`status`]: CRD status (usage, conditions) from the translation's reports.
 //! * [`local`]: a snapshot from a directory of YAML manifests (`egw-controller --local DIR`);
 //!   [`local_run`] watches such a directory and pushes its tables.
-//! * [`wire`]: engine route tables to `egw.v1.RouteTable`; [`endpoint`]: gateway control
+//! * `egw_proto::spec`: engine route tables to `egw.v1.RouteTable`; [`endpoint`]: gateway control
 //!   endpoints (Unix socket, mutual TLS); [`push`]: [`push::GatewayPusher`] keeps every gateway
 //!   instance on its table (generations, restarts, backoff).
 //! * [`cluster`]: cluster mode (reflectors, reconciler, status, Events, finalizer, leader
@@ -30,7 +30,6 @@ pub mod push;
 pub mod selector;
 pub mod status;
 pub mod translate;
-pub mod wire;
 
 /// An error and its sources, `: `-separated, for logs.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

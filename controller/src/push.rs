@@ -31,7 +31,7 @@ use tonic::Code;
 use crate::endpoint::{self, ClientTls, GatewayEndpoint};
 use crate::metrics::{ErrorReason, Metrics};
 use crate::translate::{InstanceKey, InstanceTable};
-use crate::wire::table_to_wire;
+use egw_proto::spec::spec_to_wire as table_to_wire;
 
 /// Timing of the pushers.
 #[derive(Debug, Clone)]

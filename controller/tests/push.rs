@@ -11,10 +11,10 @@ use std::time::Duration;
 use egw_controller::metrics::Metrics;
 use egw_controller::push::{GatewayPusher, InstanceState, PushOptions};
 use egw_controller::translate::{translate, InstanceKey, InstanceTable};
-use egw_controller::wire::table_to_wire;
 use egw_engine::route::{
     ActionSpec, PolicySpec, PoolSpec, RouteTable, RouteTableSpec, RuleSpec, SourceSpec,
 };
+use egw_proto::spec::spec_to_wire as table_to_wire;
 use support::{compile_wire, spec_from_wire, verdict, wait_until, Call, TestGateway, Verdict};
 
 const POD: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);

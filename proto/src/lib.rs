@@ -5,8 +5,8 @@
 //!   committed (no `protoc`, no build script); `tests/codegen_drift.rs` fails
 //!   when it no longer matches the `.proto` files and explains how to
 //!   regenerate.
-//! - [`validate`]: semantic checks of a route table (references, duplicates),
-//!   for the gateway and the controller.
+//! - [`spec`]: wire route table ↔ the NAT engine's `RouteTableSpec` (whose
+//!   `RouteTable::compile` is the one validator of a table's meaning).
 //! - [`yaml`]: the human-written YAML form of a route table, used by
 //!   `egwctl routes apply -f` and by the gateway's configuration file.
 #![forbid(unsafe_code)]
@@ -21,5 +21,5 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/egw.v1.fds.bin");
 }
 
-pub mod validate;
+pub mod spec;
 pub mod yaml;

@@ -9,85 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use egw_engine::route::{
-    ActionSpec, PolicySpec, PoolSpec, RouteTable, RouteTableSpec, RuleSpec, SourceSpec,
-};
+use egw_engine::route::{RouteTable, RouteTableSpec};
 use egw_proto::v1;
 use egw_proto::v1::gateway_server::{Gateway, GatewayServer};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
-/// Wire → engine, for tests only (the gateway has its own); a `0.0.0.0/0` rule stays a rule.
+/// Wire → engine with the conversion the gateway itself uses.
 pub fn spec_from_wire(table: &v1::RouteTable) -> Result<RouteTableSpec, String> {
-    fn action(action: Option<&v1::Action>) -> Result<ActionSpec, String> {
-        match action.and_then(|action| action.kind.as_ref()) {
-            Some(v1::action::Kind::Snat(snat)) => Ok(ActionSpec::Snat {
-                pool: snat.pool.clone(),
-            }),
-            Some(v1::action::Kind::Bypass(_)) => Ok(ActionSpec::Bypass),
-            Some(v1::action::Kind::Deny(deny)) => Ok(ActionSpec::Deny {
-                reason: deny.reason.clone(),
-            }),
-            None => Err("missing action".to_owned()),
-        }
-    }
-    let pools = table
-        .pools
-        .iter()
-        .map(|pool| {
-            Ok(PoolSpec {
-                name: pool.name.clone(),
-                addresses: pool
-                    .addresses
-                    .iter()
-                    .map(|address| address.snat_ip.parse().map_err(|_| address.snat_ip.clone()))
-                    .collect::<Result<_, _>>()?,
-                pairing: pool.pairing,
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    let policies = table
-        .policies
-        .iter()
-        .map(|policy| {
-            Ok(PolicySpec {
-                name: policy.name.clone(),
-                rules: policy
-                    .rules
-                    .iter()
-                    .map(|rule| {
-                        Ok(RuleSpec {
-                            destination: rule
-                                .destination
-                                .parse()
-                                .map_err(|_| rule.destination.clone())?,
-                            action: action(rule.action.as_ref())?,
-                            description: rule.description.clone(),
-                        })
-                    })
-                    .collect::<Result<_, String>>()?,
-                default_action: None,
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    let sources = table
-        .sources
-        .iter()
-        .map(|source| {
-            Ok(SourceSpec {
-                cidr: source.cidr.parse().map_err(|_| source.cidr.clone())?,
-                policy: source.policy.clone(),
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    Ok(RouteTableSpec {
-        generation: table.generation,
-        pools,
-        policies,
-        sources,
-        default_action: action(table.default_action.as_ref())?,
-    })
+    egw_proto::spec::spec_from_wire(table).map_err(|error| error.to_string())
 }
 
 /// Compiles a wire table with the engine.

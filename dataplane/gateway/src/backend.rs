@@ -11,7 +11,6 @@ use egw_proto::v1;
 use tracing::warn;
 
 use crate::control::{new_epoch, BackendError, ControlBackend, FlowCursor, FlowPage, FlowQuery};
-use crate::convert;
 use crate::dataplane::{wire_xdp_mode, CoreSnapshot, Dataplane};
 
 /// Worker requests one `list_flows` call may make before handing back a cursor.
@@ -179,8 +178,7 @@ fn now_unix_ms() -> u64 {
 impl ControlBackend for GatewayBackend {
     fn apply_route_table(&self, table: v1::RouteTable) -> Result<(), BackendError> {
         let invalid = |message: String| BackendError::InvalidTable { message };
-        let spec = convert::spec_from_wire(&table).map_err(|error| invalid(error.to_string()))?;
-        let compiled = RouteTable::compile(spec).map_err(|error| invalid(error.to_string()))?;
+        let compiled = egw_proto::spec::compile(&table).map_err(invalid)?;
         self.dataplane
             .apply_table(compiled)
             .map_err(|error| BackendError::Unavailable {

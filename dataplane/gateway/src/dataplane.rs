@@ -26,7 +26,6 @@ use egw_xdp::{AttachMode, AttachedInterface, InterfaceRole, InterfaceSpec, Steer
 use tracing::{error, info, warn};
 
 use crate::config::GatewayConfig;
-use crate::convert;
 use crate::netlink::{AddressListener, MonitorCounters, Netlink, NetlinkError, NextHopMonitor};
 use crate::nexthop::{format_mac, rewrite_macs, NextHops, Resolution, ResolutionCache};
 
@@ -248,8 +247,7 @@ fn initial_table(
     let wire = egw_proto::yaml::RouteTable::from_yaml_str(&text)
         .map_err(|error| invalid(error.to_string()))?
         .to_proto();
-    let spec = convert::spec_from_wire(&wire).map_err(|error| invalid(error.to_string()))?;
-    let table = RouteTable::compile(spec).map_err(|error| invalid(error.to_string()))?;
+    let table = egw_proto::spec::compile(&wire).map_err(invalid)?;
     Ok((table, Some(wire)))
 }
 

@@ -9,10 +9,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use egw_engine::route::{
-    ActionSpec, Decision, PolicySpec, PoolSpec, RouteTable as EngineTable, RouteTableSpec,
-    RuleSpec, SourceSpec,
-};
+use egw_engine::route::Decision;
 use egw_proto::yaml;
 
 use crate::error::{LabError, Result};
@@ -118,7 +115,7 @@ pub fn expected_egress(
 ) -> Result<std::result::Result<Vec<Ipv4Addr>, String>> {
     let table = yaml::RouteTable::from_yaml_str(table_yaml)
         .map_err(|e| LabError::Config(format!("the gateway's route table does not parse: {e}")))?;
-    let compiled = EngineTable::compile(spec_of(&table)).map_err(|e| {
+    let compiled = egw_proto::spec::compile(&table.to_proto()).map_err(|e| {
         LabError::Config(format!("the gateway's route table does not compile: {e}"))
     })?;
     Ok(match compiled.lookup(pod, destination) {
@@ -133,57 +130,6 @@ pub fn expected_egress(
         Decision::Bypass => Ok(vec![pod]),
         Decision::Deny(id) => Err(compiled.deny_reason(id).to_owned()),
     })
-}
-
-fn action_of(action: &yaml::Action) -> ActionSpec {
-    match action {
-        yaml::Action::Snat { pool } => ActionSpec::Snat { pool: pool.clone() },
-        yaml::Action::Bypass => ActionSpec::Bypass,
-        yaml::Action::Deny { reason } => ActionSpec::Deny {
-            reason: reason.clone(),
-        },
-    }
-}
-
-fn spec_of(table: &yaml::RouteTable) -> RouteTableSpec {
-    RouteTableSpec {
-        generation: table.generation,
-        pools: table
-            .pools
-            .iter()
-            .map(|p| PoolSpec {
-                name: p.name.clone(),
-                addresses: p.addresses.iter().map(|a| a.snat).collect(),
-                pairing: p.pairing,
-            })
-            .collect(),
-        policies: table
-            .policies
-            .iter()
-            .map(|p| PolicySpec {
-                name: p.name.clone(),
-                rules: p
-                    .rules
-                    .iter()
-                    .map(|r| RuleSpec {
-                        destination: r.destination,
-                        action: action_of(&r.action),
-                        description: r.description.clone().unwrap_or_default(),
-                    })
-                    .collect(),
-                default_action: None,
-            })
-            .collect(),
-        sources: table
-            .sources
-            .iter()
-            .map(|s| SourceSpec {
-                cidr: s.cidr,
-                policy: s.policy.clone(),
-            })
-            .collect(),
-        default_action: action_of(&table.default_action),
-    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,15 @@
-//! Wire route tables (`egw.v1.RouteTable`) to the engine's [`RouteTableSpec`] and back.
+//! Wire route tables (`egw.v1.RouteTable`) to the engine's [`RouteTableSpec`] and back: the one
+//! conversion the gateway (applying a pushed table), the controller (pushing one) and the lab use.
 //!
 //! Only syntax is checked here (addresses, CIDRs, a missing action); names, duplicates and limits
 //! are checked by [`egw_engine::RouteTable::compile`], whose errors name the item too.
 
 use std::net::Ipv4Addr;
 
+use crate::v1;
+use crate::yaml::DEFAULT_DENY_REASON;
 use egw_engine::route::{ActionSpec, PolicySpec, PoolSpec, RuleSpec, SourceSpec};
 use egw_engine::RouteTableSpec;
-use egw_proto::v1;
-use egw_proto::yaml::DEFAULT_DENY_REASON;
 use ipnet::Ipv4Net;
 
 /// A field of a wire table that does not convert; `field` is a path such as
@@ -160,6 +161,13 @@ fn action_to_wire(action: &ActionSpec) -> v1::Action {
     v1::Action { kind: Some(kind) }
 }
 
+/// Converts and compiles a wire table: what every receiver of a table runs. The error names
+/// the offending field (conversion) or item (`RouteTable::compile`'s validation).
+pub fn compile(table: &v1::RouteTable) -> Result<egw_engine::RouteTable, String> {
+    let spec = spec_from_wire(table).map_err(|error| error.to_string())?;
+    egw_engine::RouteTable::compile(spec).map_err(|error| error.to_string())
+}
+
 /// The wire form of a spec. A policy default action has no wire form: a policy's default becomes a
 /// trailing `0.0.0.0/0` rule unless the policy already has one.
 pub fn spec_to_wire(spec: &RouteTableSpec) -> v1::RouteTable {
@@ -248,7 +256,7 @@ sources:
 "#;
 
     fn wire() -> v1::RouteTable {
-        egw_proto::yaml::RouteTable::from_yaml_str(TABLE)
+        crate::yaml::RouteTable::from_yaml_str(TABLE)
             .unwrap()
             .to_proto()
     }
