@@ -495,6 +495,8 @@ pub struct FlowTable {
     wheel: Vec<u32>,
     /// Next wheel second to examine.
     wheel_cursor: u32,
+    /// Where the next early-drop scan starts (see [`FlowTable::evict_unreplied`]).
+    evict_cursor: u32,
     timeouts: Timeouts,
 }
 
@@ -513,6 +515,7 @@ impl FlowTable {
             mapping: track_mappings.then(|| Index::with_capacity(cap)),
             wheel: vec![NONE; WHEEL_SLOTS],
             wheel_cursor: 0,
+            evict_cursor: 0,
             timeouts,
         }
     }
@@ -774,6 +777,28 @@ impl FlowTable {
             self.wheel_unlink(slot);
             self.wheel_link(slot, deadline);
         }
+    }
+
+    /// Frees a slot when the table is full by removing a flow that never got an answer — UDP or
+    /// ICMP still `Unreplied`, TCP still `SynSent` — as Linux conntrack's early drop does. Looks at
+    /// no more than `probes` occupied slots from a rotating cursor (O(1) per call); a flow that has
+    /// seen a reply (established or replied) is never evicted for a new one.
+    pub fn evict_unreplied(&mut self, probes: u32) -> Option<Flow> {
+        let slots = self.slab.len() as u32;
+        if slots == 0 {
+            return None;
+        }
+        for _ in 0..probes.min(slots) {
+            let slot = self.evict_cursor % slots;
+            self.evict_cursor = slot.wrapping_add(1);
+            let unreplied = self
+                .get(slot)
+                .is_some_and(|f| matches!(f.state, FlowState::Unreplied | FlowState::SynSent));
+            if unreplied {
+                return self.remove(slot);
+            }
+        }
+        None
     }
 
     /// Removes a flow; its port lease is returned by `Drop`.

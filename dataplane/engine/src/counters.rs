@@ -128,6 +128,8 @@ pub struct Counters {
     pub handoffs: u64,
     pub flows_created: u64,
     pub flows_expired: u64,
+    /// Unanswered flows evicted to admit new ones when the table was full.
+    pub flows_early_dropped: u64,
     pub fragments_stashed: u64,
     pub drops: DropCounters,
 }
@@ -148,6 +150,7 @@ impl Counters {
         self.handoffs += other.handoffs;
         self.flows_created += other.flows_created;
         self.flows_expired += other.flows_expired;
+        self.flows_early_dropped += other.flows_early_dropped;
         self.fragments_stashed += other.fragments_stashed;
         for (reason, count) in other.drops.iter() {
             self.drops.0[reason as usize] += count;

@@ -99,6 +99,9 @@ pub struct EngineConfig {
     pub table_seed: u64,
     /// ICMP errors this core may generate per second (RFC 1812 4.3.2.8 rate limiting).
     pub icmp_errors_per_second: u32,
+    /// When the table is full, evict a flow that never got an answer to admit a new one (as
+    /// conntrack's early drop); established and replied flows are never evicted either way.
+    pub early_drop_unreplied: bool,
 }
 
 impl Default for EngineConfig {
@@ -117,6 +120,7 @@ impl Default for EngineConfig {
             steering_seed: 0x6567_775f_7374_6572,
             table_seed: 0x6567_775f_7461_626c,
             icmp_errors_per_second: 1000,
+            early_drop_unreplied: true,
         }
     }
 }
@@ -142,6 +146,8 @@ pub const MAX_FLOWS_PER_CORE: u32 = 1 << 28;
 const EXPIRY_BUDGET_PER_PACKET: u32 = 4;
 /// Expiry work done when a new flow finds the table full, before giving up.
 const EXPIRY_BUDGET_WHEN_FULL: u32 = 64;
+/// Occupied slots an early-drop scan looks at when the table is full.
+const EARLY_DROP_PROBES: u32 = 8;
 /// Candidate ports probed when a new flow must share a port with other destinations.
 const SHARE_PROBES: u32 = 32;
 /// Frames [`Engine::prefetch`] looks at per call (a batch).
@@ -892,14 +898,37 @@ impl Engine {
                 exclusive,
             )
         };
-        if self.flows.len() >= self.flows.capacity() {
-            self.expire(now_s, EXPIRY_BUDGET_WHEN_FULL);
-        }
+        self.make_room(now_s);
         let slot = insert(&mut self.flows, lease)
             .map_err(|InsertError::TableFull| DropReason::TableFull)?;
         self.counters.flows_created += 1;
         self.record_created(slot, now_s);
         Ok(slot)
+    }
+
+    /// Before inserting into a full table: expire what is due, then (if enabled) early-drop one
+    /// flow that never got an answer. Established and replied flows are never evicted.
+    fn make_room(&mut self, now_s: u32) {
+        if self.flows.len() < self.flows.capacity() {
+            return;
+        }
+        self.expire(now_s, EXPIRY_BUDGET_WHEN_FULL);
+        if self.flows.len() < self.flows.capacity() || !self.config.early_drop_unreplied {
+            return;
+        }
+        if let Some(flow) = self.flows.evict_unreplied(EARLY_DROP_PROBES) {
+            self.counters.flows_early_dropped += 1;
+            if let Some(events) = self.events.as_mut() {
+                if events.len() < self.event_capacity {
+                    events.push(FlowEvent::Removed {
+                        flow: flow_info(self.config.core, &flow, now_s),
+                        reason: "early_drop",
+                    });
+                } else {
+                    self.events_dropped += 1;
+                }
+            }
+        }
     }
 
     fn reuse_endpoint_mapping(
@@ -1100,9 +1129,7 @@ impl Engine {
         let owner = self.flows.get(owner_slot)?;
         let (pod_ip, pod_port) = (owner.pod_ip, owner.pod_port);
         let lease = owner.lease.share()?;
-        if self.flows.len() >= self.flows.capacity() {
-            self.expire(now_s, EXPIRY_BUDGET_WHEN_FULL);
-        }
+        self.make_room(now_s);
         let slot = self
             .flows
             .insert(

@@ -1032,3 +1032,62 @@ fn fragments_follow_their_first_fragment_to_the_owning_core() {
     assert!(d.checksums_ok(), "{d}");
     assert_eq!(d.ipv4.src, EXT_1);
 }
+
+#[test]
+fn full_table_early_drops_unanswered_flows_but_never_answered_ones() {
+    let config = EngineConfig {
+        flow_capacity: 8,
+        ..base_config()
+    };
+    let mut gw = Gateway::with_config(1, config, two_pool_table(1));
+    // Eight UDP flows nobody answers (a flood, or a dead destination).
+    for i in 0..8 {
+        gw.expect_forward(Ingress::Inside, &udp_out(POD_A, 40000 + i, MIRROR, 8081));
+    }
+    // A new flow is admitted by evicting one of them, as conntrack's early drop does.
+    gw.expect_forward(Ingress::Inside, &udp_out(POD_B, 50000, MIRROR, 8081));
+    let c = *gw.engines[0].counters();
+    assert_eq!(c.flows_early_dropped, 1, "\n{}", gw.dump());
+    assert_eq!(gw.flows().len(), 8);
+    let leases: u64 = gw.engines[0].port_usage().iter().map(|u| u.flows).sum();
+    assert_eq!(
+        leases,
+        8,
+        "the evicted flow's port lease was returned\n{}",
+        gw.dump()
+    );
+
+    // Answered flows are never evicted: once every flow has a reply, new flows are refused.
+    let config = EngineConfig {
+        flow_capacity: 8,
+        ..base_config()
+    };
+    let mut gw = Gateway::with_config(1, config, two_pool_table(1));
+    for i in 0..8 {
+        let out = gw.expect_forward(Ingress::Inside, &udp_out(POD_A, 40000 + i, MIRROR, 8081));
+        let ext = source(&out);
+        gw.expect_forward(Ingress::Outside, &udp_in(MIRROR, 8081, ext.0, ext.1));
+    }
+    gw.expect_drop(
+        Ingress::Inside,
+        &udp_out(POD_B, 50000, MIRROR, 8081),
+        DropReason::TableFull,
+    );
+    assert_eq!(gw.engines[0].counters().flows_early_dropped, 0);
+
+    // And the option can be turned off: then unanswered flows are kept too.
+    let config = EngineConfig {
+        flow_capacity: 8,
+        early_drop_unreplied: false,
+        ..base_config()
+    };
+    let mut gw = Gateway::with_config(1, config, two_pool_table(1));
+    for i in 0..8 {
+        gw.expect_forward(Ingress::Inside, &udp_out(POD_A, 40000 + i, MIRROR, 8081));
+    }
+    gw.expect_drop(
+        Ingress::Inside,
+        &udp_out(POD_B, 50000, MIRROR, 8081),
+        DropReason::TableFull,
+    );
+}

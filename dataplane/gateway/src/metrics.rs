@@ -10,6 +10,7 @@
 //! | `egw_drops_total` | `core`, `reason` | drops by reason: [`egw_engine::DropReason::name`] and [`GatewayCounters::drops`] |
 //! | `egw_conntrack_flows`, `egw_conntrack_capacity` | `core` | flows tracked and the table's capacity |
 //! | `egw_flows_created_total`, `egw_flows_expired_total` | `core` | flows created and expired |
+//! | `egw_flows_early_dropped_total` | `core` | unanswered flows evicted for new ones while the table was full |
 //! | `egw_handoffs_total` | `core` | packets handed to the core owning their flow |
 //! | `egw_ports_in_use`, `egw_ports_total` | `external_ip`, `protocol` | SNAT ports leased / allocatable, all cores |
 //! | `egw_port_utilization_ratio` | `external_ip`, `protocol` | `ports_in_use / ports_total` |
@@ -156,6 +157,11 @@ pub fn render(view: &GatewayView, exhaustion_threshold: f64) -> String {
     let drops = counter(&mut registry, "egw_drops", "Packets dropped, by reason.");
     let flows_created = counter(&mut registry, "egw_flows_created", "Flows created.");
     let flows_expired = counter(&mut registry, "egw_flows_expired", "Flows expired.");
+    let flows_early_dropped = counter(
+        &mut registry,
+        "egw_flows_early_dropped",
+        "Unanswered flows evicted to admit new ones while the table was full.",
+    );
     let handoffs = counter(
         &mut registry,
         "egw_handoffs",
@@ -185,6 +191,9 @@ pub fn render(view: &GatewayView, exhaustion_threshold: f64) -> String {
         flows_expired
             .get_or_create(&labels)
             .inc_by(core.engine.flows_expired);
+        flows_early_dropped
+            .get_or_create(&labels)
+            .inc_by(core.engine.flows_early_dropped);
         handoffs.get_or_create(&labels).inc_by(core.engine.handoffs);
         let (tracked, table_capacity) = core.occupancy;
         flows.get_or_create(&labels).set(i64::from(tracked));
