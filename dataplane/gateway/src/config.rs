@@ -118,6 +118,10 @@ pub struct ConntrackConfig {
     /// Idle timeouts in seconds; the RFC minimums are enforced.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    /// When the table is full, evict a flow that never got an answer for a new one (default
+    /// true, as conntrack does); `false` drops new flows instead. Answered flows are never evicted.
+    #[serde(default = "default_true")]
+    pub early_drop_unreplied: bool,
 }
 
 fn default_port_range() -> (u16, u16) {
@@ -168,6 +172,7 @@ impl Default for ConntrackConfig {
             udp_filtering: UdpFiltering::default(),
             port_range: default_port_range(),
             timeouts: TimeoutsConfig::default(),
+            early_drop_unreplied: true,
         }
     }
 }
@@ -738,7 +743,7 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
     fn optional_fields_parse() {
         let config = parse(
             "inside_interface: eth0\ninside_address: 10.0.0.1\npod_cidrs: [10.1.0.0/16]\n\
-             conntrack: {capacity_per_core: 1000, udp_filtering: endpoint_independent, port_range: [2000, 2999], timeouts: {udp: 600}}\n\
+             conntrack: {capacity_per_core: 1000, udp_filtering: endpoint_independent, port_range: [2000, 2999], timeouts: {udp: 600}, early_drop_unreplied: false}\n\
              mtu: 9000\nlog_format: json\ncpus: [3]\nxdp: {frame_count: 8192, ring_size: 2048, zero_copy: false}\n",
         )
         .unwrap();
@@ -751,6 +756,7 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
         );
         assert_eq!(config.conntrack.port_range, (2000, 2999));
         assert_eq!(config.conntrack.timeouts.udp, 600);
+        assert!(!config.conntrack.early_drop_unreplied);
         assert_eq!(
             config.conntrack.timeouts.tcp_established,
             Timeouts::default().tcp_established

@@ -447,6 +447,7 @@ impl Dataplane {
                 udp_filtering: config.conntrack.udp_filtering.into(),
                 port_range: config.conntrack.port_range,
                 timeouts: config.conntrack.timeouts.into(),
+                early_drop_unreplied: config.conntrack.early_drop_unreplied,
                 inside_address: config.inside_address,
                 inside_mtu,
                 outside_mtu,
