@@ -69,7 +69,9 @@ pub fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4_len: u16
 /// checksums: an address rewrite touches the IPv4 header checksum and the TCP/UDP pseudo-header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChecksumDelta {
-    acc: u32,
+    /// Unfolded one's-complement sum: 16-bit terms are added plainly and folded once, in
+    /// [`apply`](Self::apply). A u64 cannot overflow from any realistic number of terms.
+    acc: u64,
 }
 
 impl ChecksumDelta {
@@ -80,7 +82,7 @@ impl ChecksumDelta {
     /// Records that a 16-bit word changed from `old` to `new`.
     #[inline]
     pub fn word(mut self, old: u16, new: u16) -> Self {
-        self.acc = add(add(self.acc, u32::from(!old)), u32::from(new));
+        self.acc += u64::from(!old) + u64::from(new);
         self
     }
 
@@ -101,14 +103,19 @@ impl ChecksumDelta {
     /// Merges another delta into this one (e.g. address change + port change for TCP).
     #[inline]
     pub fn merge(mut self, other: ChecksumDelta) -> Self {
-        self.acc = add(self.acc, other.acc);
+        self.acc += other.acc;
         self
     }
 
     /// Returns `checksum` updated for every recorded change.
     #[inline]
     pub fn apply(self, checksum: u16) -> u16 {
-        finish(add(u32::from(!checksum), self.acc))
+        let mut sum = self.acc + u64::from(!checksum);
+        sum = (sum & 0xffff_ffff) + (sum >> 32);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        !(sum as u16)
     }
 
     /// Like [`apply`](Self::apply) for a UDP checksum: zero means "no checksum" and stays zero

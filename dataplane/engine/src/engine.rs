@@ -674,6 +674,7 @@ impl Engine {
 
     /// TTL and MTU checks before forwarding. Returns a verdict if the packet cannot be forwarded:
     /// an ICMP error built in place (sent back out of `back`) or a drop.
+    #[inline]
     fn check_forwardable(
         &mut self,
         frame: &mut [u8],
@@ -797,8 +798,13 @@ impl Engine {
             let next = next_tcp_state(state, Direction::Outbound, flags);
             self.flows.set_state(slot, next);
         }
-        packet::rewrite_endpoint(frame, p, Endpoint::Source, ext_ip, Some(ext_port));
-        packet::decrement_ttl(frame, p);
+        packet::rewrite_endpoint_and_decrement_ttl(
+            frame,
+            p,
+            Endpoint::Source,
+            ext_ip,
+            Some(ext_port),
+        );
         if p.frag.more_fragments {
             self.record_fragment(p, FragmentAction::TranslateSource(ext_ip), now);
         }
@@ -1013,8 +1019,7 @@ impl Engine {
         };
         let (ext_ip, ext_port) = (flow.external_ip(), flow.external_port());
         packet::rewrite_quoted_endpoint(frame, p, q, Endpoint::Destination, ext_ip, ext_port);
-        packet::rewrite_endpoint(frame, p, Endpoint::Source, ext_ip, None);
-        packet::decrement_ttl(frame, p);
+        packet::rewrite_endpoint_and_decrement_ttl(frame, p, Endpoint::Source, ext_ip, None);
         self.counters.icmp_errors_translated += 1;
         Verdict::Forward {
             side: Side::Outside,
@@ -1087,8 +1092,13 @@ impl Engine {
             _ => FlowState::Replied,
         };
         self.flows.set_state(slot, next);
-        packet::rewrite_endpoint(frame, p, Endpoint::Destination, pod_ip, Some(pod_port));
-        packet::decrement_ttl(frame, p);
+        packet::rewrite_endpoint_and_decrement_ttl(
+            frame,
+            p,
+            Endpoint::Destination,
+            pod_ip,
+            Some(pod_port),
+        );
         if p.frag.more_fragments {
             self.record_fragment(p, FragmentAction::TranslateDestination(pod_ip), now);
         }
@@ -1176,8 +1186,7 @@ impl Engine {
             return self.drop(DropReason::TtlExceeded);
         }
         packet::rewrite_quoted_endpoint(frame, p, q, Endpoint::Source, pod_ip, pod_port);
-        packet::rewrite_endpoint(frame, p, Endpoint::Destination, pod_ip, None);
-        packet::decrement_ttl(frame, p);
+        packet::rewrite_endpoint_and_decrement_ttl(frame, p, Endpoint::Destination, pod_ip, None);
         self.counters.icmp_errors_translated += 1;
         Verdict::Forward {
             side: Side::Inside,

@@ -401,14 +401,46 @@ pub fn rewrite_endpoint(
     addr: Ipv4Addr,
     port: Option<u16>,
 ) {
+    rewrite(frame, p, which, addr, port, false);
+}
+
+/// [`rewrite_endpoint`] plus the TTL decrement forwarding needs, folded into the same IPv4
+/// header checksum update. Callers check `ttl > 1` first.
+#[inline]
+pub fn rewrite_endpoint_and_decrement_ttl(
+    frame: &mut [u8],
+    p: &Parsed,
+    which: Endpoint,
+    addr: Ipv4Addr,
+    port: Option<u16>,
+) {
+    rewrite(frame, p, which, addr, port, true);
+}
+
+#[inline]
+fn rewrite(
+    frame: &mut [u8],
+    p: &Parsed,
+    which: Endpoint,
+    addr: Ipv4Addr,
+    port: Option<u16>,
+    decrement_ttl: bool,
+) {
     let (addr_off, old_addr) = match which {
         Endpoint::Source => (ip::SRC, p.src),
         Endpoint::Destination => (ip::DST, p.dst),
     };
     let ip_delta = ChecksumDelta::new().address(old_addr, addr);
+    let mut header_delta = ip_delta;
+    if decrement_ttl {
+        let ttl_off = p.l3 + ip::TTL;
+        let old_word = read_u16(frame, ttl_off);
+        frame[ttl_off] = frame[ttl_off].saturating_sub(1);
+        header_delta = header_delta.word(old_word, read_u16(frame, ttl_off));
+    }
     frame[p.l3 + addr_off..p.l3 + addr_off + 4].copy_from_slice(&addr.octets());
     let ip_sum = read_u16(frame, p.l3 + ip::CHECKSUM);
-    write_u16(frame, p.l3 + ip::CHECKSUM, ip_delta.apply(ip_sum));
+    write_u16(frame, p.l3 + ip::CHECKSUM, header_delta.apply(ip_sum));
 
     let l4 = p.l4();
     match p.transport {
