@@ -575,47 +575,57 @@ where
             message: detail,
             attempts: 1,
         },
-        SdkError::ServiceError(service) => {
-            let code = err.code().unwrap_or("Unknown").to_string();
-            let message = err.message().unwrap_or_default().to_string();
-            let status = service.raw().status().as_u16();
-            if THROTTLING_CODES.contains(&code.as_str())
-                || SERVER_ERROR_CODES.contains(&code.as_str())
-                || status >= 500
-                || status == 429
-            {
-                ProviderError::Retryable {
-                    operation,
-                    code,
-                    message,
-                    attempts: 1,
-                }
-            } else if LIMIT_CODES.contains(&code.as_str()) || code.ends_with("LimitExceeded") {
-                ProviderError::LimitExceeded {
-                    operation,
-                    code,
-                    message,
-                }
-            } else if code.ends_with(".NotFound") {
-                ProviderError::NotFound {
-                    operation,
-                    code,
-                    message,
-                }
-            } else {
-                ProviderError::Permanent {
-                    operation,
-                    code,
-                    message,
-                }
-            }
-        }
+        SdkError::ServiceError(service) => classify_service_error(
+            operation,
+            err.code().unwrap_or("Unknown").to_string(),
+            err.message().unwrap_or_default().to_string(),
+            service.raw().status().as_u16(),
+        ),
         // Construction failures (invalid input, a failing interceptor) are not transient.
         _ => ProviderError::Permanent {
             operation,
             code: "ConstructionFailure".into(),
             message: detail,
         },
+    }
+}
+
+/// Sorts an error EC2 answered with by its code and HTTP status.
+fn classify_service_error(
+    operation: &'static str,
+    code: String,
+    message: String,
+    status: u16,
+) -> ProviderError {
+    if THROTTLING_CODES.contains(&code.as_str())
+        || SERVER_ERROR_CODES.contains(&code.as_str())
+        || status >= 500
+        || status == 429
+    {
+        ProviderError::Retryable {
+            operation,
+            code,
+            message,
+            attempts: 1,
+        }
+    } else if LIMIT_CODES.contains(&code.as_str()) || code.ends_with("LimitExceeded") {
+        ProviderError::LimitExceeded {
+            operation,
+            code,
+            message,
+        }
+    } else if code.ends_with(".NotFound") {
+        ProviderError::NotFound {
+            operation,
+            code,
+            message,
+        }
+    } else {
+        ProviderError::Permanent {
+            operation,
+            code,
+            message,
+        }
     }
 }
 
@@ -635,5 +645,37 @@ mod tests {
         assert_eq!(policy.delay_before(4), Duration::from_millis(400));
         assert_eq!(policy.delay_before(5), Duration::from_millis(500));
         assert_eq!(policy.delay_before(40), Duration::from_millis(500));
+    }
+
+    fn kind(code: &str, status: u16) -> ProviderError {
+        classify_service_error("AllocateAddress", code.into(), "msg".into(), status)
+    }
+
+    #[test]
+    fn ec2_errors_are_sorted_by_code_and_status() {
+        for throttled in ["RequestLimitExceeded", "Throttling", "RequestThrottled"] {
+            assert!(kind(throttled, 400).is_retryable(), "{throttled}");
+        }
+        assert!(kind("InternalError", 500).is_retryable());
+        assert!(kind("Unavailable", 503).is_retryable());
+        assert!(
+            kind("SomethingNew", 502).is_retryable(),
+            "any 5xx is transient"
+        );
+        assert!(matches!(
+            kind("AddressLimitExceeded", 400),
+            ProviderError::LimitExceeded { .. }
+        ));
+        assert!(matches!(
+            kind("InvalidAllocationID.NotFound", 400),
+            ProviderError::NotFound { .. }
+        ));
+        let denied = kind("UnauthorizedOperation", 403);
+        assert!(matches!(denied, ProviderError::Permanent { .. }));
+        assert_eq!(denied.aws_code(), Some("UnauthorizedOperation"));
+        assert_eq!(
+            denied.to_string(),
+            "AllocateAddress: AWS rejected the request: UnauthorizedOperation: msg"
+        );
     }
 }
