@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{
     all_allocation_ids, allocate_foreign, create_eni, create_subnet, describe_egw_owned,
-    FailFirstSends, LoseResponsesAfter, Moto, RecordRequests,
+    AllocationQuotaReached, FailFirstSends, LoseResponsesAfter, Moto, RecordRequests,
 };
 use egw_aws::{
     AddressProvider, AddressSource, AssociationTarget, GatewayAddressIntent, GatewayRef,
@@ -499,4 +499,27 @@ async fn release_deletes_only_what_egw_allocated() {
         Vec::<String>::new(),
         "releasing again is a no-op"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_address_quota_is_reported_as_limit_exceeded() {
+    let moto = Moto::start();
+    let provider = moto.provider_with(AllocationQuotaReached::default());
+    let err = provider
+        .ensure_addresses(&allocate("web", 1))
+        .await
+        .unwrap_err();
+    match &err {
+        ProviderError::LimitExceeded {
+            operation,
+            code,
+            message,
+        } => {
+            assert_eq!(*operation, "AllocateAddress");
+            assert_eq!(code, "AddressLimitExceeded");
+            assert_eq!(message, "The maximum number of addresses has been reached.");
+        }
+        other => panic!("expected LimitExceeded, got {other}"),
+    }
+    assert!(!err.is_retryable());
 }

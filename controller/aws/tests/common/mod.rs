@@ -4,12 +4,13 @@
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::config::interceptors::{
-    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+    BeforeDeserializationInterceptorContextMut, BeforeDeserializationInterceptorContextRef,
+    BeforeTransmitInterceptorContextRef,
 };
 use aws_sdk_ec2::config::{
     BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
@@ -206,6 +207,52 @@ impl Intercept for RecordRequests {
             .lock()
             .unwrap()
             .push(String::from_utf8_lossy(body).into_owned());
+        Ok(())
+    }
+}
+
+/// moto gap: moto has no Elastic IP quota, so it never answers `AddressLimitExceeded`. This
+/// replaces the answer to every AllocateAddress (after moto has handled it) with the error EC2
+/// returns at the quota, recorded from EC2's documented error format, for the real SDK to parse.
+#[derive(Debug, Default)]
+pub struct AllocationQuotaReached {
+    allocating: AtomicBool,
+}
+
+const ADDRESS_LIMIT_EXCEEDED: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<Response><Errors><Error><Code>AddressLimitExceeded</Code>\
+<Message>The maximum number of addresses has been reached.</Message></Error></Errors>\
+<RequestID>5f8c1a2e-7f0a-4c3e-9c55-6d1d6b0a2b11</RequestID></Response>";
+
+impl Intercept for AllocationQuotaReached {
+    fn name(&self) -> &'static str {
+        "AllocationQuotaReached"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        let allocating = String::from_utf8_lossy(body).contains("Action=AllocateAddress");
+        self.allocating.store(allocating, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if self.allocating.load(Ordering::SeqCst) {
+            let response = context.response_mut();
+            *response.status_mut() = 400u16.try_into()?;
+            response.headers_mut().remove("content-length");
+            *response.body_mut() = ADDRESS_LIMIT_EXCEEDED.into();
+        }
         Ok(())
     }
 }
