@@ -262,9 +262,12 @@ impl Ec2Provider {
         let mut by_slot: BTreeMap<u32, ManagedAddress> = BTreeMap::new();
         let mut surplus = Vec::new();
         let mut existing = self.describe_owned(gateway).await?;
-        // Lowest allocation ID first, so every pass (and every controller replica) keeps the
-        // same address of a duplicated slot.
-        existing.sort_by(|a, b| a.allocation_id.cmp(&b.allocation_id));
+        // Of a duplicated slot, keep the one carrying traffic (associated), else the lowest
+        // allocation ID: every pass and every controller replica picks the same one.
+        existing.sort_by(|a, b| {
+            (a.association.is_none(), &a.allocation_id)
+                .cmp(&(b.association.is_none(), &b.allocation_id))
+        });
         for address in existing {
             match address.slot {
                 Some(slot) if slot < count && !by_slot.contains_key(&slot) => {
@@ -343,7 +346,6 @@ impl Ec2Provider {
     async fn describe_one(
         &self,
         address: &ManagedAddress,
-        gateway_hint: Option<&GatewayRef>,
     ) -> Result<ManagedAddress, ProviderError> {
         let found = self
             .describe(
@@ -359,10 +361,7 @@ impl Ec2Provider {
                 code: "InvalidAllocationID.NotFound".into(),
                 message: format!("allocation {} does not exist", address.allocation_id),
             })?;
-        let mut managed = match gateway_hint {
-            Some(gateway) => to_managed(current, gateway)?,
-            None => to_managed_untyped(current)?,
-        };
+        let mut managed = to_managed_untyped(current)?;
         // Ownership is the caller's view (it came from ensure_addresses for a gateway).
         managed.owned_by_egw = address.owned_by_egw;
         managed.slot = address.slot;
@@ -374,7 +373,7 @@ impl Ec2Provider {
         address: &ManagedAddress,
         target: &AssociationTarget,
     ) -> Result<ManagedAddress, ProviderError> {
-        let current = self.describe_one(address, None).await?;
+        let current = self.describe_one(address).await?;
         if let Some(association) = &current.association {
             if association.network_interface_id.as_deref()
                 == Some(target.network_interface_id.as_str())
@@ -442,7 +441,7 @@ impl AddressProvider for Ec2Provider {
 
     async fn disassociate(&self, address: &ManagedAddress) -> Result<(), ProviderError> {
         self.with_retries(|| async {
-            let current = self.describe_one(address, None).await?;
+            let current = self.describe_one(address).await?;
             match current.association {
                 Some(association) => self.disassociate_once(&association.association_id).await,
                 None => Ok(()),

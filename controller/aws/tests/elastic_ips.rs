@@ -431,6 +431,42 @@ async fn a_duplicated_slot_is_released() {
         "the lowest allocation ID of a slot is kept"
     );
     assert_eq!(describe_egw_owned(&client).await.len(), 2);
+
+    // Of duplicates, the associated one is kept even when its ID is not the lowest.
+    let subnet = create_subnet(&client).await;
+    let (eni, private_ip, _) = create_eni(&client, &subnet, "10.0.1.40").await;
+    let racing = allocate_foreign(
+        &client,
+        &[
+            (TAG_CLUSTER, "prod-eu"),
+            (TAG_GATEWAY, "web"),
+            (TAG_OWNER, OWNER_TAG_VALUE),
+            (TAG_SLOT, "0"),
+        ],
+    )
+    .await;
+    let in_use = std::cmp::max(first[0].allocation_id.clone(), racing.clone());
+    let in_use_address = egw_aws::ManagedAddress {
+        allocation_id: in_use.clone(),
+        ..first[0].clone()
+    };
+    provider
+        .associate(
+            &in_use_address,
+            &AssociationTarget {
+                network_interface_id: eni,
+                private_ip,
+            },
+        )
+        .await
+        .unwrap();
+    let converged = provider
+        .ensure_addresses(&allocate("web", 2))
+        .await
+        .unwrap();
+    assert_eq!(converged[0].allocation_id, in_use);
+    assert!(converged[0].association.is_some());
+    assert_eq!(describe_egw_owned(&client).await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
