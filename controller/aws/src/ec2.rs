@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use aws_sdk_ec2::config::retry::RetryConfig;
+use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Address, DomainType, Filter, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
@@ -57,7 +58,13 @@ pub struct Ec2ProviderSettings {
     pub region: Option<String>,
     /// Backoff for transient failures.
     pub retry: RetryPolicy,
+    /// Longest one EC2 request may take before it counts as a (retryable) timeout; `None`:
+    /// [`DEFAULT_ATTEMPT_TIMEOUT`].
+    pub attempt_timeout: Option<Duration>,
 }
+
+/// A hung EC2 call becomes a retryable timeout after this long.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Elastic IP lifecycle on EC2.
 #[derive(Debug, Clone)]
@@ -75,7 +82,14 @@ impl Ec2Provider {
             loader = loader.region(aws_sdk_ec2::config::Region::new(region));
         }
         let shared = loader.load().await;
-        let mut config = aws_sdk_ec2::config::Builder::from(&shared);
+        // Keep the chain's connect timeout; add a per-attempt bound so a hung call is retried.
+        let timeouts = shared
+            .timeout_config()
+            .map(TimeoutConfig::to_builder)
+            .unwrap_or_default()
+            .operation_attempt_timeout(settings.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT))
+            .build();
+        let mut config = aws_sdk_ec2::config::Builder::from(&shared).timeout_config(timeouts);
         if let Some(endpoint) = settings.endpoint_url {
             config = config.endpoint_url(endpoint);
         }

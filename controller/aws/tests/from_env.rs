@@ -33,6 +33,7 @@ fn provider_from_the_standard_chain_talks_to_the_endpoint_override() {
             endpoint_url: Some(moto.endpoint.clone()),
             region: None,
             retry: fast_retries(),
+            attempt_timeout: Some(std::time::Duration::from_secs(30)),
         })
         .await;
         let intent = GatewayAddressIntent {
