@@ -514,6 +514,19 @@ async fn release_deletes_only_what_egw_allocated() {
         )
         .await
         .unwrap();
+    let (other_eni, other_ip, _) = create_eni(&client, &subnet, "10.0.1.21").await;
+    let adopted_association = provider
+        .associate(
+            &adopted[0],
+            &AssociationTarget {
+                network_interface_id: other_eni.clone(),
+                private_ip: other_ip,
+            },
+        )
+        .await
+        .unwrap()
+        .association
+        .unwrap();
 
     let mut released = provider.release_owned(&gateway("web")).await.unwrap();
     released.sort();
@@ -529,6 +542,19 @@ async fn release_deletes_only_what_egw_allocated() {
     left.sort();
     assert_eq!(all_allocation_ids(&client).await, left);
     assert!(!adopted[0].owned_by_egw);
+    let still = client
+        .describe_addresses()
+        .allocation_ids(&adopted[0].allocation_id)
+        .send()
+        .await
+        .unwrap()
+        .addresses
+        .unwrap();
+    assert_eq!(
+        still[0].association_id(),
+        Some(adopted_association.association_id.as_str()),
+        "an adopted address keeps its association"
+    );
 
     assert_eq!(
         provider.release_owned(&gateway("web")).await.unwrap(),
