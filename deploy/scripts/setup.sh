@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing egw needs on Debian 12, idempotently: Debian packages for the
 # XDP program (clang, libbpf headers), the lab (iproute2, nftables, ethtool, iperf3) and the tests
-# (bpftool, xdp-tools), and checks for a Rust toolchain new enough for the workspace.
+# (bpftool, xdp-tools), moto server for the egw-aws tests (an EC2 API emulator, from PyPI), and
+# checks for a Rust toolchain new enough for the workspace.
 # Sourced by demo.sh and test-all.sh; safe to run again.
 set -euo pipefail
 
@@ -28,6 +29,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# moto server: the egw-aws tests run the real AWS SDK against it on 127.0.0.1. A pyenv or venv
+# python3 takes a plain pip install; Debian's system python3 refuses one (PEP 668) unless told to.
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+  echo "egw setup: installing python3 and pip"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends python3 python3-pip >/dev/null
+fi
+if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+  echo "egw setup: installing moto[server] 5 (EC2 emulator for the egw-aws tests)"
+  python3 -m pip install -q 'moto[server]==5.*' \
+    || python3 -m pip install -q --break-system-packages 'moto[server]==5.*'
+fi
+
 # Rust: use the toolchain on PATH (rustup's usual location first); install rustup only if absent.
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo >/dev/null 2>&1; then
@@ -36,8 +51,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
-if [ "${rust_minor:-0}" -lt 85 ]; then
-  echo "egw setup: rustc $(rustc --version) is too old; egw needs 1.85 or newer" >&2
+# egw-aws (aws-sdk-ec2, aws-config) needs 1.94.1.
+if [ "${rust_minor:-0}" -lt 94 ]; then
+  echo "egw setup: rustc $(rustc --version) is too old; egw needs 1.94.1 or newer" >&2
   exit 1
 fi
 

@@ -1,0 +1,17 @@
+//! The AWS side of the egw controller: the Elastic IP lifecycle of an `EgressGateway` whose
+//! addresses come from AWS (`spec.aws`).
+//!
+//! The controller talks to [`provider::AddressProvider`]; [`Ec2Provider`] implements it on the
+//! EC2 API. Addresses are either adopted (by allocation ID or by tag filter; egw never releases
+//! those) or allocated and tagged by egw (released when the gateway goes away).
+#![forbid(unsafe_code)]
+
+mod ec2;
+pub mod provider;
+
+pub use ec2::{Ec2Provider, Ec2ProviderSettings, RetryPolicy, DEFAULT_ATTEMPT_TIMEOUT};
+pub use provider::{
+    AddressProvider, AddressSource, Association, AssociationTarget, GatewayAddressIntent,
+    GatewayRef, ManagedAddress, ProviderError, OWNER_TAG_VALUE, TAG_CLUSTER, TAG_GATEWAY,
+    TAG_OWNER, TAG_SLOT,
+};
