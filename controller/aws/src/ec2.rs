@@ -73,11 +73,21 @@ pub struct Ec2Provider {
     retry: RetryPolicy,
 }
 
+/// The HTTPS client the provider talks to EC2 with: rustls on ring, like the rest of egw (tonic,
+/// kube), so one crypto provider serves the whole process.
+pub fn https_client() -> aws_sdk_ec2::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 impl Ec2Provider {
     /// Region and credentials from the standard chain (environment, profile, web identity /
     /// IRSA, container and instance metadata).
     pub async fn from_env(settings: Ec2ProviderSettings) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https_client());
         if let Some(region) = settings.region {
             loader = loader.region(aws_sdk_ec2::config::Region::new(region));
         }

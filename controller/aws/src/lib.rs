@@ -9,7 +9,9 @@
 mod ec2;
 pub mod provider;
 
-pub use ec2::{Ec2Provider, Ec2ProviderSettings, RetryPolicy, DEFAULT_ATTEMPT_TIMEOUT};
+pub use ec2::{
+    https_client, Ec2Provider, Ec2ProviderSettings, RetryPolicy, DEFAULT_ATTEMPT_TIMEOUT,
+};
 pub use provider::{
     AddressProvider, AddressSource, Association, AssociationTarget, GatewayAddressIntent,
     GatewayRef, ManagedAddress, ProviderError, OWNER_TAG_VALUE, TAG_CLUSTER, TAG_GATEWAY,

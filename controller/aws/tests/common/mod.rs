@@ -90,6 +90,7 @@ impl Moto {
     /// The real SDK client's configuration, pointed at this moto server.
     pub fn config(&self) -> aws_sdk_ec2::config::Builder {
         aws_sdk_ec2::Config::builder()
+            .http_client(egw_aws::https_client())
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new(
