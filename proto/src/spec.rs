@@ -34,15 +34,9 @@ fn parse_ip(field: String, text: &str) -> Result<Ipv4Addr, ConvertError> {
         .map_err(|_| error(field, format!("{text:?} is not an IPv4 address")))
 }
 
-/// `a.b.c.d/n`, or a bare address as a /32.
+/// `a.b.c.d/n`, or a bare address as a /32 — the YAML form's rule, with the field path added.
 fn parse_cidr(field: String, text: &str) -> Result<Ipv4Net, ConvertError> {
-    let text = text.trim();
-    if text.contains('/') {
-        text.parse()
-            .map_err(|_| error(field, format!("{text:?} is not an IPv4 CIDR")))
-    } else {
-        parse_ip(field, text).map(Ipv4Net::from)
-    }
+    crate::yaml::parse_cidr(text.trim()).map_err(|problem| error(field, problem))
 }
 
 fn action_from_wire(

@@ -155,8 +155,8 @@ fn default_action() -> Action {
     }
 }
 
-/// Parses `a.b.c.d/n`, or a bare `a.b.c.d` as a /32.
-fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
+/// Parses `a.b.c.d/n`, or a bare `a.b.c.d` as a /32 (the YAML and the wire form share it).
+pub(crate) fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
     if text.contains('/') {
         text.parse::<Ipv4Net>()
             .map_err(|error| format!("{text:?} is not an IPv4 CIDR: {error}"))
