@@ -8,12 +8,16 @@
 
 mod ec2;
 pub mod provider;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use ec2::{
     https_client, Ec2Provider, Ec2ProviderSettings, RetryPolicy, DEFAULT_ATTEMPT_TIMEOUT,
 };
 pub use provider::{
     AddressProvider, AddressSource, Association, AssociationTarget, GatewayAddressIntent,
-    GatewayRef, ManagedAddress, ProviderError, OWNER_TAG_VALUE, TAG_CLUSTER, TAG_GATEWAY,
-    TAG_OWNER, TAG_SLOT,
+    GatewayInterface, GatewayRef, InstanceDescription, InstanceState, InstanceTypeLimits,
+    InterfaceMode, InterfaceProvider, ManagedAddress, NetworkInterface, PrivateAddressIntent,
+    ProviderError, PrunedInterfaces, RouteIntent, RouteProvider, RouteState, OWNER_TAG_VALUE,
+    TAG_CLUSTER, TAG_GATEWAY, TAG_INSTANCE, TAG_OWNER, TAG_SLOT,
 };

@@ -133,6 +133,19 @@ pub enum ProviderError {
         /// AWS error message.
         message: String,
     },
+    /// The instance type cannot hold what the gateway needs (ENIs per instance or IPv4
+    /// addresses per ENI, from DescribeInstanceTypes). Nothing was changed.
+    #[error(
+        "instance {instance_id} ({instance_type}) {what}: needs {wanted}, the limit is {limit}"
+    )]
+    InstanceLimitExceeded {
+        instance_id: String,
+        instance_type: String,
+        /// `"network interfaces"` or `"IPv4 addresses per network interface"`.
+        what: &'static str,
+        wanted: u32,
+        limit: u32,
+    },
     /// The request cannot be made as asked (e.g. adopt by an empty tag filter, which would
     /// adopt every address in the account).
     #[error("invalid address intent: {0}")]
@@ -161,7 +174,9 @@ impl ProviderError {
             | ProviderError::Permanent { code, .. }
             | ProviderError::NotFound { code, .. }
             | ProviderError::LimitExceeded { code, .. } => Some(code),
-            ProviderError::InvalidIntent(_) | ProviderError::UnexpectedResponse { .. } => None,
+            ProviderError::InvalidIntent(_)
+            | ProviderError::UnexpectedResponse { .. }
+            | ProviderError::InstanceLimitExceeded { .. } => None,
         }
     }
 }
@@ -197,4 +212,201 @@ pub trait AddressProvider: Send + Sync {
         &self,
         gateway: &GatewayRef,
     ) -> impl Future<Output = Result<Vec<String>, ProviderError>> + Send;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instances and network interfaces (ENI modes)
+// ---------------------------------------------------------------------------------------------
+
+/// Tag naming, on an ENI egw created in `EniPerGateway` mode, the instance it is for. A second
+/// ENI for the same gateway and instance is a duplicate (a crash between create and tag lookup)
+/// and is deleted.
+pub const TAG_INSTANCE: &str = "egw.dev/instance";
+
+/// EC2 instance lifecycle state (`InstanceState.Name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceState {
+    Pending,
+    Running,
+    ShuttingDown,
+    Terminated,
+    Stopping,
+    Stopped,
+    /// A state this version of egw does not know.
+    Other(String),
+}
+
+/// One ENI as egw sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkInterface {
+    /// `eni-…`.
+    pub network_interface_id: String,
+    /// Attachment device index (0 = primary), when attached.
+    pub device_index: Option<i32>,
+    /// Subnet the ENI lives in.
+    pub subnet_id: String,
+    /// Security groups of the ENI.
+    pub security_group_ids: Vec<String>,
+    /// The ENI's primary private IPv4 address.
+    pub primary_private_ip: Ipv4Addr,
+    /// Secondary private IPv4 addresses, sorted.
+    pub secondary_private_ips: Vec<Ipv4Addr>,
+    /// `SourceDestCheck`; must be `false` on an ENI that forwards pod traffic.
+    pub source_dest_check: bool,
+    /// The ENI was created by egw for this gateway (owner, cluster and gateway tags).
+    pub owned_by_egw: bool,
+}
+
+/// An EC2 instance that runs (or ran) a gateway pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceDescription {
+    /// `i-…`.
+    pub instance_id: String,
+    pub state: InstanceState,
+    /// e.g. `c6in.xlarge`, for [`InstanceTypeLimits`].
+    pub instance_type: String,
+    /// Every attached ENI, sorted by device index (the primary first).
+    pub interfaces: Vec<NetworkInterface>,
+}
+
+impl InstanceDescription {
+    /// The ENI at device index 0.
+    pub fn primary_interface(&self) -> Option<&NetworkInterface> {
+        self.interfaces
+            .iter()
+            .find(|interface| interface.device_index == Some(0))
+    }
+}
+
+/// Networking limits of an instance type (`DescribeInstanceTypes` → `NetworkInfo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceTypeLimits {
+    /// `MaximumNetworkInterfaces`.
+    pub max_network_interfaces: u32,
+    /// `Ipv4AddressesPerInterface` (primary and secondary addresses together).
+    pub ipv4_addresses_per_interface: u32,
+}
+
+/// How a gateway's private addresses (the ones its Elastic IPs map to) are held on an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceMode {
+    /// Secondary private IPs on the instance's primary ENI.
+    SecondaryIp,
+    /// A dedicated ENI created and attached by egw.
+    EniPerGateway {
+        /// Subnet for the ENI; `None`: the primary ENI's subnet.
+        subnet_id: Option<String>,
+        /// Security groups for the ENI; empty: the primary ENI's groups.
+        security_group_ids: Vec<String>,
+    },
+}
+
+/// "This gateway needs `count` private addresses on this instance."
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivateAddressIntent {
+    pub gateway: GatewayRef,
+    pub instance_id: String,
+    pub mode: InterfaceMode,
+    /// Private addresses the gateway needs on the instance (one per Elastic IP it carries).
+    pub count: u32,
+}
+
+/// The gateway's private addresses on one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayInterface {
+    /// The ENI holding them (the primary ENI in `SecondaryIp` mode, egw's ENI otherwise). Its
+    /// source/dest check is off.
+    pub network_interface_id: String,
+    /// Device index of that ENI on the instance.
+    pub device_index: i32,
+    /// Exactly `count` private addresses egw may map Elastic IPs to, sorted. In `SecondaryIp`
+    /// mode only secondaries egw assigned (never the node's own or the VPC CNI's); in
+    /// `EniPerGateway` mode the ENI's primary address first counts too.
+    pub private_ips: Vec<Ipv4Addr>,
+}
+
+/// ENIs, private addresses and instance facts. Every method is idempotent and converges from
+/// any partial state (a crash between any two EC2 calls).
+pub trait InterfaceProvider: Send + Sync {
+    /// The instance, or `None` when EC2 does not know it (terminated long ago).
+    fn describe_instance(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Option<InstanceDescription>, ProviderError>> + Send;
+
+    /// Limits of an instance type.
+    fn instance_type_limits(
+        &self,
+        instance_type: &str,
+    ) -> impl Future<Output = Result<InstanceTypeLimits, ProviderError>> + Send;
+
+    /// Makes the intent true: exactly `count` egw private addresses on the instance, on an ENI
+    /// whose source/dest check is off. Fails with [`ProviderError::InstanceLimitExceeded`] (and
+    /// changes nothing) when the instance type cannot hold them.
+    fn ensure_private_addresses(
+        &self,
+        intent: &PrivateAddressIntent,
+    ) -> impl Future<Output = Result<GatewayInterface, ProviderError>> + Send;
+
+    /// Removes what egw holds for `gateway` on instances not in `keep_instance_ids`: deletes its
+    /// ENIs (detaching them first) and unassigns the secondary addresses it assigned. Returns
+    /// the ENI IDs deleted and the addresses unassigned, for the log.
+    fn prune_private_addresses(
+        &self,
+        gateway: &GatewayRef,
+        keep_instance_ids: &[String],
+    ) -> impl Future<Output = Result<PrunedInterfaces, ProviderError>> + Send;
+}
+
+/// What [`InterfaceProvider::prune_private_addresses`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrunedInterfaces {
+    pub deleted_network_interface_ids: Vec<String>,
+    pub unassigned_private_ips: Vec<Ipv4Addr>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// VPC routes (NAT-instance pattern)
+// ---------------------------------------------------------------------------------------------
+
+/// "Route these destinations of these route tables to this ENI."
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteIntent {
+    pub gateway: GatewayRef,
+    /// `rtb-…`.
+    pub route_table_ids: Vec<String>,
+    /// IPv4 CIDRs, e.g. `0.0.0.0/0`.
+    pub destination_cidrs: Vec<String>,
+    /// The active gateway instance's ENI.
+    pub target_network_interface_id: String,
+}
+
+/// One route as egw left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteState {
+    pub route_table_id: String,
+    pub destination_cidr: String,
+    pub target_network_interface_id: String,
+    /// The route's target before egw took it over (e.g. `nat-…`, `igw-…`), restored on
+    /// release; `None` when egw created the route.
+    pub previous_target: Option<String>,
+}
+
+/// VPC route tables. Routes cannot be tagged, so egw records each route it manages (and the
+/// target it replaced) in a tag on the route table before changing the route.
+pub trait RouteProvider: Send + Sync {
+    /// Points every listed destination of every listed table at the target ENI (creating or
+    /// replacing routes); a no-op for routes already there.
+    fn ensure_routes(
+        &self,
+        intent: &RouteIntent,
+    ) -> impl Future<Output = Result<Vec<RouteState>, ProviderError>> + Send;
+
+    /// Gives back every route egw manages for `gateway` that is not in `keep` (table, CIDR):
+    /// restores the replaced target, or deletes the route egw created, and drops the record.
+    fn release_routes(
+        &self,
+        gateway: &GatewayRef,
+        keep: &[(String, String)],
+    ) -> impl Future<Output = Result<Vec<RouteState>, ProviderError>> + Send;
 }

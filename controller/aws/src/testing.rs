@@ -1,0 +1,356 @@
+//! Test support (feature `testing`): a moto server (a real EC2 API emulator) on 127.0.0.1, the
+//! real SDK pointed at it with static fake credentials, fault-injecting interceptors and
+//! describe helpers. Used by egw-aws's and the controller's tests; never by the controller itself.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{Ec2Provider, RetryPolicy, OWNER_TAG_VALUE, TAG_OWNER};
+use aws_sdk_ec2::config::interceptors::{
+    BeforeDeserializationInterceptorContextMut, BeforeDeserializationInterceptorContextRef,
+    BeforeTransmitInterceptorContextRef,
+};
+use aws_sdk_ec2::config::{
+    BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
+};
+use aws_sdk_ec2::error::BoxError;
+use aws_sdk_ec2::types::{DomainType, Filter, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::Client;
+
+const MOTO_MISSING: &str = "moto server is required for the egw-aws tests and is not installed: \
+run deploy/scripts/setup.sh (or `python3 -m pip install 'moto[server]==5.*'`)";
+
+/// A moto server child process; killed when dropped.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let has_moto = Command::new("python3")
+            .args(["-c", "import moto.server"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|status| status.success())
+            .unwrap_or(false);
+        assert!(has_moto, "{MOTO_MISSING}");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect(MOTO_MISSING);
+        let mut moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let address: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = moto.child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                moto.log
+                    .reopen()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .unwrap();
+                panic!("moto server exited ({status}) before answering: {stderr}\n{MOTO_MISSING}");
+            }
+            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+                return moto;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto server did not answer on {address} within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The real SDK client's configuration, pointed at this moto server.
+    pub fn config(&self) -> aws_sdk_ec2::config::Builder {
+        aws_sdk_ec2::Config::builder()
+            .http_client(crate::https_client())
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "egw-tests",
+            ))
+            .endpoint_url(&self.endpoint)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::from_conf(self.config().build())
+    }
+
+    pub fn provider(&self) -> Ec2Provider {
+        Ec2Provider::from_client(self.client(), fast_retries())
+    }
+
+    /// A provider whose client runs `interceptor` on every request.
+    pub fn provider_with(&self, interceptor: impl Intercept + 'static) -> Ec2Provider {
+        let client = Client::from_conf(self.config().interceptor(interceptor).build());
+        Ec2Provider::from_client(client, fast_retries())
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(40),
+    }
+}
+
+/// Lets `delivered` responses through, then drops every later response after the request has
+/// reached EC2 (so its effect happened): a controller crashing mid-way.
+#[derive(Debug)]
+pub struct LoseResponsesAfter {
+    pub delivered: usize,
+    pub seen: Arc<AtomicUsize>,
+}
+
+impl Intercept for LoseResponsesAfter {
+    fn name(&self) -> &'static str {
+        "LoseResponsesAfter"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        _context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if self.seen.fetch_add(1, Ordering::SeqCst) >= self.delivered {
+            Err("injected: response lost after the request reached EC2".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Fails the first `failures` requests before they are sent, as a dropped connection would.
+#[derive(Debug)]
+pub struct FailFirstSends {
+    pub failures: usize,
+    pub seen: Arc<AtomicUsize>,
+}
+
+impl Intercept for FailFirstSends {
+    fn name(&self) -> &'static str {
+        "FailFirstSends"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if self.seen.fetch_add(1, Ordering::SeqCst) < self.failures {
+            Err("injected: connection reset".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Records the body of every request as it is sent.
+#[derive(Debug)]
+pub struct RecordRequests {
+    pub bodies: Arc<Mutex<Vec<String>>>,
+}
+
+impl Intercept for RecordRequests {
+    fn name(&self) -> &'static str {
+        "RecordRequests"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        self.bodies
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(body).into_owned());
+        Ok(())
+    }
+}
+
+/// moto gap: moto has no Elastic IP quota, so it never answers `AddressLimitExceeded`. This
+/// replaces the answer to every AllocateAddress (after moto has handled it) with the error EC2
+/// returns at the quota, recorded from EC2's documented error format, for the real SDK to parse.
+#[derive(Debug, Default)]
+pub struct AllocationQuotaReached {
+    allocating: AtomicBool,
+}
+
+const ADDRESS_LIMIT_EXCEEDED: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<Response><Errors><Error><Code>AddressLimitExceeded</Code>\
+<Message>The maximum number of addresses has been reached.</Message></Error></Errors>\
+<RequestID>5f8c1a2e-7f0a-4c3e-9c55-6d1d6b0a2b11</RequestID></Response>";
+
+impl Intercept for AllocationQuotaReached {
+    fn name(&self) -> &'static str {
+        "AllocationQuotaReached"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        let allocating = String::from_utf8_lossy(body).contains("Action=AllocateAddress");
+        self.allocating.store(allocating, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if self.allocating.load(Ordering::SeqCst) {
+            let response = context.response_mut();
+            *response.status_mut() = 400u16.try_into()?;
+            response.headers_mut().remove("content-length");
+            *response.body_mut() = ADDRESS_LIMIT_EXCEEDED.into();
+        }
+        Ok(())
+    }
+}
+
+/// Every address moto holds that carries the egw owner tag.
+pub async fn describe_egw_owned(client: &Client) -> Vec<aws_sdk_ec2::types::Address> {
+    client
+        .describe_addresses()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{TAG_OWNER}"))
+                .values(OWNER_TAG_VALUE)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .addresses
+        .unwrap_or_default()
+}
+
+pub async fn all_allocation_ids(client: &Client) -> Vec<String> {
+    let mut ids: Vec<String> = client
+        .describe_addresses()
+        .send()
+        .await
+        .unwrap()
+        .addresses
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a.allocation_id().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// An address allocated outside egw (by an operator), with the given tags.
+pub async fn allocate_foreign(client: &Client, tags: &[(&str, &str)]) -> String {
+    let mut request = client.allocate_address().domain(DomainType::Vpc);
+    if !tags.is_empty() {
+        let mut spec = TagSpecification::builder().resource_type(ResourceType::ElasticIp);
+        for (key, value) in tags {
+            spec = spec.tags(Tag::builder().key(*key).value(*value).build());
+        }
+        request = request.tag_specifications(spec.build());
+    }
+    request.send().await.unwrap().allocation_id.unwrap()
+}
+
+/// A VPC and a subnet (10.0.1.0/24) in it; returns the subnet ID.
+pub async fn create_subnet(client: &Client) -> String {
+    let vpc = client
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap();
+    let vpc_id = vpc.vpc.unwrap().vpc_id.unwrap();
+    let subnet = client
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.0.1.0/24")
+        .send()
+        .await
+        .unwrap();
+    subnet.subnet.unwrap().subnet_id.unwrap()
+}
+
+/// An ENI in `subnet_id` with the given primary private IP and one secondary; returns (ENI ID,
+/// primary IP, secondary IP).
+pub async fn create_eni(
+    client: &Client,
+    subnet_id: &str,
+    private_ip: &str,
+) -> (String, std::net::Ipv4Addr, std::net::Ipv4Addr) {
+    let eni = client
+        .create_network_interface()
+        .subnet_id(subnet_id)
+        .private_ip_address(private_ip)
+        .secondary_private_ip_address_count(1)
+        .send()
+        .await
+        .unwrap()
+        .network_interface
+        .unwrap();
+    let secondary = eni
+        .private_ip_addresses()
+        .iter()
+        .find(|p| p.primary() != Some(true))
+        .and_then(|p| p.private_ip_address())
+        .unwrap()
+        .parse()
+        .unwrap();
+    (
+        eni.network_interface_id.unwrap(),
+        eni.private_ip_address.unwrap().parse().unwrap(),
+        secondary,
+    )
+}
