@@ -87,6 +87,7 @@ fn table() -> Result<Arc<RouteTable>, BenchError> {
         .map(|i| Ipv4Addr::new(198, 51, 100, i))
         .collect();
     let spec = RouteTableSpec {
+        public_addresses: Default::default(),
         generation: 1,
         pools: vec![PoolSpec {
             name: "egress".into(),

@@ -137,9 +137,14 @@ fn render_table(view: &QueryView<'_>) -> String {
     } else {
         let mut table = Table::new();
         table.load_preset(presets::NOTHING);
-        table.set_header([
-            "PROTO", "POD", "EXTERNAL", "REMOTE", "CREATED", "DELETED", "REASON", "CORE", "GATEWAY",
-        ]);
+        // The PUBLIC column (AWS Elastic IP behind the gateway) only where the log has one.
+        let with_public = view.mappings.iter().any(|mapping| mapping.public.is_some());
+        let mut header = vec!["PROTO", "POD", "EXTERNAL"];
+        if with_public {
+            header.push("PUBLIC");
+        }
+        header.extend(["REMOTE", "CREATED", "DELETED", "REASON", "CORE", "GATEWAY"]);
+        table.set_header(header);
         for column in table.column_iter_mut() {
             column.set_padding((0, 2));
             column.set_constraint(ColumnConstraint::ContentWidth);
@@ -150,10 +155,19 @@ fn render_table(view: &QueryView<'_>) -> String {
                 (Some(created), true) => format!("~{created}"),
                 (None, _) => "unknown".to_owned(),
             };
-            table.add_row([
+            let mut row = vec![
                 mapping.proto.to_string(),
                 mapping.pod.to_string(),
                 mapping.external.to_string(),
+            ];
+            if with_public {
+                row.push(
+                    mapping
+                        .public
+                        .map_or_else(|| "-".to_owned(), |public| public.to_string()),
+                );
+            }
+            row.extend([
                 mapping.remote.to_string(),
                 created,
                 mapping
@@ -163,6 +177,7 @@ fn render_table(view: &QueryView<'_>) -> String {
                 mapping.core.to_string(),
                 mapping.gateway.clone(),
             ]);
+            table.add_row(row);
         }
         for line in table.lines() {
             text.push_str(line.trim_end());
@@ -192,6 +207,7 @@ mod tests {
             proto: LogProtocol::Tcp,
             pod: pod.parse().unwrap(),
             external: "198.51.100.1:1042".parse().unwrap(),
+            public: None,
             remote: "203.0.113.10:80".parse().unwrap(),
             reason: reason.map(str::to_owned),
             age_s: None,
@@ -226,6 +242,44 @@ mod tests {
         let mut out = Vec::new();
         run(command, cli.output, &mut out)?;
         Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn answers_for_the_elastic_ip_the_outside_world_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = NatLogRecord {
+            ts: UnixMillis(1_795_240_819_000),
+            event: EventKind::Create,
+            proto: LogProtocol::Udp,
+            pod: "10.244.1.10:5353".parse().unwrap(),
+            external: "10.0.1.5:2000".parse().unwrap(),
+            public: Some("54.1.2.3:2000".parse().unwrap()),
+            remote: "203.0.113.53:53".parse().unwrap(),
+            reason: None,
+            age_s: None,
+            core: 1,
+            gateway: "gw-a".to_owned(),
+        };
+        let line = serde_json::to_string(&record).unwrap() + "\n";
+        std::fs::write(dir.path().join("natlog-a.jsonl"), line).unwrap();
+        let path = dir.path().to_str().unwrap();
+        let held = run_cli(&[
+            "egwctl",
+            "nat-log",
+            "query",
+            "--dir",
+            path,
+            "--external",
+            "54.1.2.3:2000",
+            "--at",
+            "2026-11-21T06:00:20Z",
+        ])
+        .unwrap();
+        assert_eq!(
+            held,
+            "PROTO  POD               EXTERNAL       PUBLIC         REMOTE           CREATED                   DELETED  REASON  CORE  GATEWAY\n\
+             udp    10.244.1.10:5353  10.0.1.5:2000  54.1.2.3:2000  203.0.113.53:53  2026-11-21T06:00:19.000Z  -        -       1     gw-a\n"
+        );
     }
 
     #[test]

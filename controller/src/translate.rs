@@ -711,6 +711,8 @@ pub fn translate(snapshot: &Snapshot) -> Translation {
     }
     let mut usable: BTreeMap<InstanceKey, Vec<Ipv4Addr>> = BTreeMap::new();
     let mut instance_endpoints: BTreeMap<InstanceKey, (Option<String>, bool)> = BTreeMap::new();
+    // Usable address → the address the outside world sees it as (AWS Elastic IP).
+    let mut public_addresses: BTreeMap<InstanceKey, BTreeMap<Ipv4Addr, Ipv4Addr>> = BTreeMap::new();
     for gateway in gateways.values() {
         let mut report = GatewayReport::default();
         let mut instances: Vec<&InstanceInfo> = gateway.instances.iter().collect();
@@ -763,6 +765,15 @@ pub fn translate(snapshot: &Snapshot) -> Translation {
                 key.clone(),
                 (instance.endpoint.clone(), gateway.spec.paired_addresses),
             );
+            let publics: BTreeMap<Ipv4Addr, Ipv4Addr> = instance
+                .addresses
+                .iter()
+                .filter(|address| addresses.contains(&address.snat_ip))
+                .filter_map(|address| Some((address.snat_ip, address.public_ip?)))
+                .collect();
+            if !publics.is_empty() {
+                public_addresses.insert(key.clone(), publics);
+            }
             usable.insert(key, addresses);
         }
         if report.ready_instances == 0 {
@@ -1095,7 +1106,8 @@ pub fn translate(snapshot: &Snapshot) -> Translation {
     // One table per instance.
     for (key, (endpoint, paired)) in instance_endpoints {
         let addresses = resolver.usable.get(&key).cloned().unwrap_or_default();
-        let spec = build_table(&key, addresses, paired, &entries, &programs, &resolver.sets);
+        let mut spec = build_table(&key, addresses, paired, &entries, &programs, &resolver.sets);
+        spec.public_addresses = public_addresses.remove(&key).unwrap_or_default();
         let spec = match RouteTable::compile(spec.clone()) {
             Ok(_) => spec,
             Err(error) => {
@@ -1109,6 +1121,7 @@ pub fn translate(snapshot: &Snapshot) -> Translation {
                     message: format!("instance `{}`: {reason}", key.instance),
                 });
                 RouteTableSpec {
+                    public_addresses: Default::default(),
                     generation: 0,
                     pools: Vec::new(),
                     policies: Vec::new(),
@@ -1167,6 +1180,7 @@ fn build_table(
         });
     }
     RouteTableSpec {
+        public_addresses: Default::default(),
         generation: 0,
         pools,
         policies: policies.into_values().collect(),

@@ -22,6 +22,7 @@ const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 
 fn spec(addresses: &[Ipv4Addr]) -> RouteTableSpec {
     RouteTableSpec {
+        public_addresses: Default::default(),
         generation: 0,
         pools: vec![PoolSpec {
             name: "gw-0".into(),

@@ -68,6 +68,7 @@ fn client_tls(dir: &Path, ca_pem: &str, client: &(String, String)) -> Arc<Client
 
 fn tables(endpoint: String) -> BTreeMap<InstanceKey, InstanceTable> {
     let spec = RouteTableSpec {
+        public_addresses: Default::default(),
         generation: 0,
         pools: vec![PoolSpec {
             name: "gw-0".into(),

@@ -421,6 +421,14 @@ status: {phase: Running, podIP: 10.1.0.1}
         extra: Some(|translation| {
             let spec = table(translation, "cloud", "cloud-a");
             assert_eq!(spec.pools[0].addresses, vec![Ipv4Addr::new(10, 2, 0, 100)]);
+            // The Elastic IP of the usable address goes to the gateway; the unready one's not.
+            assert_eq!(
+                spec.public_addresses,
+                std::collections::BTreeMap::from([(
+                    Ipv4Addr::new(10, 2, 0, 100),
+                    Ipv4Addr::new(54, 0, 0, 1)
+                )])
+            );
             let key = translation.tables.keys().next().unwrap();
             assert_eq!(translation.tables[key].endpoint.as_deref(), Some("10.2.0.1:7443"));
         }),

@@ -4,6 +4,7 @@
 //! Only syntax is checked here (addresses, CIDRs, a missing action); names, duplicates and limits
 //! are checked by [`egw_engine::RouteTable::compile`], whose errors name the item too.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::v1;
@@ -66,6 +67,7 @@ fn label(name: &str, index: usize) -> String {
 
 /// Converts a wire table; errors name the offending field.
 pub fn spec_from_wire(table: &v1::RouteTable) -> Result<RouteTableSpec, ConvertError> {
+    let mut public_addresses = BTreeMap::new();
     let pools = table
         .pools
         .iter()
@@ -78,10 +80,21 @@ pub fn spec_from_wire(table: &v1::RouteTable) -> Result<RouteTableSpec, ConvertE
                 .enumerate()
                 .map(|(position, address)| {
                     let field = format!("pools[{pool_label}].addresses[{position}]");
+                    let snat = parse_ip(format!("{field}.snat_ip"), &address.snat_ip)?;
                     if !address.public_ip.is_empty() {
-                        parse_ip(format!("{field}.public_ip"), &address.public_ip)?;
+                        let public = parse_ip(format!("{field}.public_ip"), &address.public_ip)?;
+                        if let Some(other) = public_addresses.insert(snat, public) {
+                            if other != public {
+                                return Err(error(
+                                    format!("{field}.public_ip"),
+                                    format!(
+                                        "{snat} is given public addresses {other} and {public}"
+                                    ),
+                                ));
+                            }
+                        }
                     }
-                    parse_ip(format!("{field}.snat_ip"), &address.snat_ip)
+                    Ok(snat)
                 })
                 .collect::<Result<_, _>>()?;
             Ok(PoolSpec {
@@ -135,6 +148,7 @@ pub fn spec_from_wire(table: &v1::RouteTable) -> Result<RouteTableSpec, ConvertE
         Some(action) => action_from_wire("default_action".to_owned(), Some(action))?,
     };
     Ok(RouteTableSpec {
+        public_addresses,
         generation: table.generation,
         pools,
         policies,
@@ -178,7 +192,11 @@ pub fn spec_to_wire(spec: &RouteTableSpec) -> v1::RouteTable {
                     .iter()
                     .map(|address| v1::PoolAddress {
                         snat_ip: address.to_string(),
-                        public_ip: String::new(),
+                        public_ip: spec
+                            .public_addresses
+                            .get(address)
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
                     })
                     .collect(),
                 pairing: pool.pairing,
@@ -298,6 +316,36 @@ sources:
         let spec = spec_from_wire(&wire()).unwrap();
         let back = spec_from_wire(&spec_to_wire(&spec)).unwrap();
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn public_addresses_travel_with_their_pool_address() {
+        let spec = spec_from_wire(&wire()).unwrap();
+        assert_eq!(
+            spec.public_addresses,
+            BTreeMap::from([(Ipv4Addr::new(10, 0, 1, 5), Ipv4Addr::new(54, 1, 2, 3))])
+        );
+        let table = RouteTable::compile(spec.clone()).unwrap();
+        assert_eq!(
+            table.public_address(Ipv4Addr::new(10, 0, 1, 5)),
+            Some(Ipv4Addr::new(54, 1, 2, 3))
+        );
+        assert_eq!(table.public_address(Ipv4Addr::new(198, 51, 100, 1)), None);
+        let wire = spec_to_wire(&spec);
+        assert_eq!(wire.pools[0].addresses[1].public_ip, "54.1.2.3");
+        assert_eq!(wire.pools[0].addresses[0].public_ip, "");
+    }
+
+    #[test]
+    fn one_pool_address_with_two_public_addresses_is_rejected() {
+        let mut wire = wire();
+        let mut second = wire.pools[0].clone();
+        second.name = "pool-b".into();
+        second.addresses[1].public_ip = "54.9.9.9".into();
+        wire.pools.push(second);
+        let error = spec_from_wire(&wire).unwrap_err();
+        assert_eq!(error.field, "pools[pool-b].addresses[1].public_ip");
+        assert!(error.problem.contains("54.1.2.3"), "{error}");
     }
 
     #[test]

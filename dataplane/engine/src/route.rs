@@ -12,7 +12,7 @@
 //! mutated after compilation. [`PoolId`] and [`DenyId`] values are indices into the table that
 //! produced them and are meaningless for any other table.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -56,6 +56,11 @@ pub struct RouteTableSpec {
     pub sources: Vec<SourceSpec>,
     /// Action for sources no [`SourceSpec`] covers.
     pub default_action: ActionSpec,
+    /// Pool address → the address the outside world sees it as, where a cloud 1:1 NAT sits
+    /// behind the gateway (an AWS Elastic IP on the private address). The engine translates to
+    /// the pool address; the gateway reports and logs the public one, so "who used public IP:port
+    /// X" is answered without asking the cloud. Ports are preserved by such a NAT.
+    pub public_addresses: BTreeMap<Ipv4Addr, Ipv4Addr>,
 }
 
 /// A named set of external addresses flows are translated to.
@@ -199,6 +204,14 @@ pub enum RouteTableError {
     },
     #[error("pool `{pool}` lists address {address} more than once")]
     DuplicatePoolAddress { pool: String, address: Ipv4Addr },
+    #[error("public address {public} is given for {snat}, which is in no pool")]
+    PublicAddressForUnknownSnat { snat: Ipv4Addr, public: Ipv4Addr },
+    #[error("public address {public} is given for both {first} and {second}")]
+    DuplicatePublicAddress {
+        public: Ipv4Addr,
+        first: Ipv4Addr,
+        second: Ipv4Addr,
+    },
     #[error("{site}: pool `{pool}` does not exist")]
     UnknownPool { site: ActionSite, pool: String },
     #[error("{site}: deny reason is empty")]
@@ -430,6 +443,7 @@ impl RouteTable {
             .collect();
         snat_addresses.sort_unstable();
         snat_addresses.dedup();
+        check_public_addresses(&spec.public_addresses, &snat_addresses)?;
 
         Ok(RouteTable {
             spec,
@@ -454,6 +468,7 @@ impl RouteTable {
                 default_action: ActionSpec::Deny {
                     reason: NO_TABLE_INSTALLED_REASON.to_owned(),
                 },
+                public_addresses: BTreeMap::new(),
             },
             pools: Box::new([]),
             deny_reasons: Box::new([NO_TABLE_INSTALLED_REASON.to_owned()]),
@@ -508,6 +523,11 @@ impl RouteTable {
             .iter()
             .find(|pool| pool.name == name)
             .map(|pool| pool.id)
+    }
+
+    /// The address the outside world sees `snat` as (a cloud 1:1 NAT), when the table says.
+    pub fn public_address(&self, snat: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.spec.public_addresses.get(&snat).copied()
     }
 
     /// All pools, indexed by [`PoolId::index`].
@@ -647,6 +667,29 @@ fn unusable_address_reason(address: Ipv4Addr) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Every public address belongs to a pool address, and no two pool addresses share one (the
+/// cloud maps one public address to one private address).
+fn check_public_addresses(
+    public_addresses: &BTreeMap<Ipv4Addr, Ipv4Addr>,
+    snat_addresses: &[Ipv4Addr],
+) -> Result<(), RouteTableError> {
+    let mut owners: HashMap<Ipv4Addr, Ipv4Addr> = HashMap::with_capacity(public_addresses.len());
+    for (&snat, &public) in public_addresses {
+        if snat_addresses.binary_search(&snat).is_err() {
+            return Err(RouteTableError::PublicAddressForUnknownSnat { snat, public });
+        }
+        if let Some(&first) = owners.get(&public) {
+            return Err(RouteTableError::DuplicatePublicAddress {
+                public,
+                first,
+                second: snat,
+            });
+        }
+        owners.insert(public, snat);
+    }
+    Ok(())
 }
 
 fn compile_pools(

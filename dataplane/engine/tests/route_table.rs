@@ -61,6 +61,7 @@ fn source(cidr: &str, policy: &str) -> SourceSpec {
 /// Two pools, two policies, pods and a namespace CIDR: the shape the controller produces.
 fn sample_spec() -> RouteTableSpec {
     RouteTableSpec {
+        public_addresses: Default::default(),
         generation: 7,
         pools: vec![
             pool("pool-a", &["203.0.113.1", "203.0.113.2"], true),
@@ -775,6 +776,7 @@ const FOUR_ADDRESSES: [&str; 4] = [
 
 fn single_pool_table(pairing: bool, addresses: &[&str]) -> RouteTable {
     RouteTable::compile(RouteTableSpec {
+        public_addresses: Default::default(),
         generation: 1,
         pools: vec![pool("egress", addresses, pairing)],
         policies: vec![policy("all", vec![], Some(snat("egress")))],
@@ -1024,6 +1026,7 @@ fn spec_strategy() -> impl Strategy<Value = RouteTableSpec> {
                 })
                 .collect();
             RouteTableSpec {
+                public_addresses: Default::default(),
                 generation: 1,
                 pools: POOL_NAMES
                     .iter()
@@ -1058,4 +1061,37 @@ proptest! {
             );
         }
     }
+}
+
+#[test]
+fn public_addresses_must_name_pool_addresses_and_be_unique() {
+    let mut spec = sample_spec();
+    let pool_address = spec.pools[0].addresses[0];
+    let elastic_ip = Ipv4Addr::new(54, 1, 2, 3);
+    spec.public_addresses.insert(pool_address, elastic_ip);
+    let table = RouteTable::compile(spec.clone()).unwrap();
+    assert_eq!(table.public_address(pool_address), Some(elastic_ip));
+
+    let mut unknown = spec.clone();
+    let stranger = Ipv4Addr::new(192, 0, 2, 77);
+    unknown
+        .public_addresses
+        .insert(stranger, Ipv4Addr::new(54, 1, 2, 4));
+    assert_eq!(
+        RouteTable::compile(unknown).unwrap_err(),
+        RouteTableError::PublicAddressForUnknownSnat {
+            snat: stranger,
+            public: Ipv4Addr::new(54, 1, 2, 4)
+        }
+    );
+
+    let mut shared = spec;
+    let other_pool_address = shared.pools[0].addresses[1];
+    shared
+        .public_addresses
+        .insert(other_pool_address, elastic_ip);
+    assert!(matches!(
+        RouteTable::compile(shared).unwrap_err(),
+        RouteTableError::DuplicatePublicAddress { public, .. } if public == elastic_ip
+    ));
 }

@@ -982,7 +982,8 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
         if let Some(nat_log) = &nat_log {
             engine.take_flow_events(&mut flow_events);
             if !flow_events.is_empty() {
-                nat_log.submit_flow_events(&mut flow_events);
+                let table = engine.route_table();
+                nat_log.submit_flow_events(&mut flow_events, |ip| table.public_address(ip));
             }
         }
         if last_publish.elapsed() >= PUBLISH_INTERVAL {
@@ -997,7 +998,8 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
     }
     if let Some(nat_log) = &nat_log {
         engine.take_flow_events(&mut flow_events);
-        nat_log.submit_flow_events(&mut flow_events);
+        let table = engine.route_table();
+        nat_log.submit_flow_events(&mut flow_events, |ip| table.public_address(ip));
         nat_log.record_dropped(
             engine
                 .flow_events_dropped()
@@ -1043,7 +1045,8 @@ fn log_open_flows_as_deleted(engine: &Engine, nat_log: &NatLogSender, now: Durat
             reason: SHUTDOWN_REASON,
         }));
         let written_before = nat_log.stats().events_written;
-        dropped += nat_log.submit_flow_events(&mut events);
+        let table = engine.route_table();
+        dropped += nat_log.submit_flow_events(&mut events, |ip| table.public_address(ip));
         if cursor.is_some() && page > 0 {
             let waited = Instant::now();
             while nat_log.stats().events_written < written_before + page as u64
@@ -1180,6 +1183,7 @@ mod tests {
     #[test]
     fn steered_addresses_join_config_table_and_addresses_in_use() {
         let table = RouteTable::compile(RouteTableSpec {
+            public_addresses: Default::default(),
             generation: 1,
             pools: vec![PoolSpec {
                 name: "a".into(),
@@ -1211,6 +1215,7 @@ mod tests {
         use egw_engine::testkit::PacketBuilder;
         const FLOWS: u16 = 5000;
         let table = RouteTable::compile(RouteTableSpec {
+            public_addresses: Default::default(),
             generation: 1,
             pools: vec![PoolSpec {
                 name: "a".into(),

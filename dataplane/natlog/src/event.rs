@@ -136,6 +136,9 @@ pub struct NatEvent {
     pub protocol: LogProtocol,
     pub pod: SocketAddrV4,
     pub external: SocketAddrV4,
+    /// `external` as the outside world sees it, where a cloud 1:1 NAT (an AWS Elastic IP)
+    /// sits behind the gateway: its public address with the same port.
+    pub public: Option<SocketAddrV4>,
     pub remote: SocketAddrV4,
     pub core: u16,
     /// Why a mapping was deleted (the engine's reason, e.g. "idle_timeout").
@@ -156,6 +159,12 @@ impl NatEvent {
         }
     }
 
+    /// Sets [`NatEvent::public`] from the public address of the external address, if any.
+    pub fn with_public_address(mut self, public_address: Option<std::net::Ipv4Addr>) -> Self {
+        self.public = public_address.map(|ip| SocketAddrV4::new(ip, self.external.port()));
+        self
+    }
+
     fn from_flow(
         flow: &FlowInfo,
         at: UnixMillis,
@@ -169,6 +178,7 @@ impl NatEvent {
             protocol: flow.protocol.into(),
             pod: endpoint(flow.pod),
             external: endpoint(flow.external),
+            public: None,
             remote: endpoint(flow.remote),
             core: flow.core,
             reason,
@@ -187,6 +197,10 @@ pub struct NatLogRecord {
     pub proto: LogProtocol,
     pub pod: SocketAddrV4,
     pub external: SocketAddrV4,
+    /// `external` as the outside world sees it (AWS Elastic IP, same port), when the route
+    /// table names a public address for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<SocketAddrV4>,
     pub remote: SocketAddrV4,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -205,6 +219,7 @@ impl NatLogRecord {
             proto: event.protocol,
             pod: event.pod,
             external: event.external,
+            public: event.public,
             remote: event.remote,
             reason: event.reason.map(str::to_owned),
             age_s: event.age_secs,

@@ -265,6 +265,7 @@ mod tests {
             protocol: LogProtocol::Udp,
             pod: "10.244.1.10:40000".parse().unwrap(),
             external: "198.51.100.1:1042".parse().unwrap(),
+            public: None,
             remote: "203.0.113.10:53".parse().unwrap(),
             core: 0,
             reason: Some("idle_timeout"),

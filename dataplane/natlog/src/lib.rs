@@ -23,8 +23,9 @@
 //! let writer = NatLogWriter::start(NatLogConfig::new("/var/log/egw/nat", "gw-a"))?;
 //! let sender = writer.sender(); // one per worker
 //! # let mut engine_events = Vec::new();
-//! // In the worker loop, after `engine.take_flow_events(&mut engine_events)`:
-//! sender.submit_flow_events(&mut engine_events);
+//! // In the worker loop, after `engine.take_flow_events(&mut engine_events)`; the route
+//! // table names the public address (AWS Elastic IP) of each external address, if any:
+//! sender.submit_flow_events(&mut engine_events, |_external| None);
 //! let stats = writer.shutdown()?;
 //! # let _ = stats;
 //! # Ok(())

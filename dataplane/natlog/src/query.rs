@@ -18,6 +18,9 @@ pub struct Mapping {
     pub proto: LogProtocol,
     pub pod: SocketAddrV4,
     pub external: SocketAddrV4,
+    /// `external` as the outside world saw it (AWS Elastic IP, same port), when logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public: Option<SocketAddrV4>,
     pub remote: SocketAddrV4,
     pub core: u16,
     pub gateway: String,
@@ -63,7 +66,7 @@ pub struct RecordFilter {
 impl RecordFilter {
     pub fn matches(&self, record: &NatLogRecord) -> bool {
         self.external
-            .is_none_or(|external| external == record.external)
+            .is_none_or(|external| external == record.external || Some(external) == record.public)
             && self.pod.is_none_or(|pod| pod == *record.pod.ip())
             && self.proto.is_none_or(|proto| proto == record.proto)
     }
@@ -160,6 +163,7 @@ impl NatLogIndex {
                         proto: record.proto,
                         pod: record.pod,
                         external: record.external,
+                        public: record.public,
                         remote: record.remote,
                         core: record.core,
                         gateway: record.gateway,
@@ -172,6 +176,7 @@ impl NatLogIndex {
                 EventKind::Delete => {
                     if let Some(index) = open.get_mut(&key).and_then(Vec::pop) {
                         let mapping = &mut mappings[index];
+                        mapping.public = mapping.public.or(record.public);
                         mapping.deleted = Some(record.ts);
                         mapping.reason = record.reason;
                         continue;
@@ -183,6 +188,7 @@ impl NatLogIndex {
                         proto: record.proto,
                         pod: record.pod,
                         external: record.external,
+                        public: record.public,
                         remote: record.remote,
                         core: record.core,
                         gateway: record.gateway,
@@ -204,7 +210,8 @@ impl NatLogIndex {
 
     /// The mappings that held `external` at `at` (usually one; more where a
     /// mapping ended and another began in the same millisecond, or where the
-    /// same external endpoint serves different remotes).
+    /// same external endpoint serves different remotes). `external` is the gateway's
+    /// external address or its public address (AWS Elastic IP).
     pub fn holders_of(
         &self,
         external: SocketAddrV4,
@@ -213,7 +220,7 @@ impl NatLogIndex {
     ) -> Vec<&Mapping> {
         self.mappings
             .iter()
-            .filter(|mapping| mapping.external == external)
+            .filter(|mapping| mapping.external == external || mapping.public == Some(external))
             .filter(|mapping| proto.is_none_or(|proto| proto == mapping.proto))
             .filter(|mapping| mapping.held_at(at))
             .collect()
@@ -279,6 +286,7 @@ mod tests {
             proto: LogProtocol::Tcp,
             pod: pod.parse().unwrap(),
             external: external.parse().unwrap(),
+            public: None,
             remote: "203.0.113.10:80".parse().unwrap(),
             reason: (event == EventKind::Delete).then(|| "idle_timeout".to_owned()),
             age_s: None,

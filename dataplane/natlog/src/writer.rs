@@ -202,12 +202,22 @@ impl NatLogSender {
     }
 
     /// Drains an engine's events (from `Engine::take_flow_events`), stamping them
-    /// with the current time. Returns how many were dropped.
-    pub fn submit_flow_events(&self, events: &mut Vec<FlowEvent>) -> usize {
+    /// with the current time and the public address `public_address_of` gives for their
+    /// external address (the route table's, e.g. an AWS Elastic IP). Returns how many were
+    /// dropped.
+    pub fn submit_flow_events(
+        &self,
+        events: &mut Vec<FlowEvent>,
+        public_address_of: impl Fn(std::net::Ipv4Addr) -> Option<std::net::Ipv4Addr>,
+    ) -> usize {
         let now = UnixMillis::now();
         let dropped = events
             .drain(..)
-            .filter(|event| !self.submit(NatEvent::from_flow_event(event, now)))
+            .filter(|event| {
+                let event = NatEvent::from_flow_event(event, now);
+                let public = public_address_of(*event.external.ip());
+                !self.submit(event.with_public_address(public))
+            })
             .count();
         dropped
     }

@@ -27,6 +27,7 @@ fn events(count: u16) -> Vec<NatEvent> {
             },
             pod: SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, (i % 200) as u8), 40_000 + i),
             external: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 1024 + i),
+            public: None,
             remote: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 443),
             core: 0,
             reason: (i % 2 == 1).then_some("idle_timeout"),

@@ -36,6 +36,7 @@ fn event(
         protocol: LogProtocol::Tcp,
         pod,
         external,
+        public: None,
         remote,
         core: pod.port() % 4,
         reason: (kind == EventKind::Delete).then_some("idle_timeout"),
@@ -282,7 +283,16 @@ fn engine_events_are_stamped_and_drained() {
             reason: "idle_timeout",
         },
     ];
-    assert_eq!(writer.sender().submit_flow_events(&mut events), 0);
+    // The route table maps the external address to an Elastic IP; other addresses have none.
+    let elastic_ip = Ipv4Addr::new(54, 1, 2, 3);
+    let public_address_of =
+        |external: Ipv4Addr| (external == Ipv4Addr::new(198, 51, 100, 1)).then_some(elastic_ip);
+    assert_eq!(
+        writer
+            .sender()
+            .submit_flow_events(&mut events, public_address_of),
+        0
+    );
     assert!(events.is_empty());
     writer.shutdown().unwrap();
     let records = lines_in(dir.path());
@@ -290,9 +300,35 @@ fn engine_events_are_stamped_and_drained() {
     assert!(records.iter().all(|record| record.ts >= before
         && record.gateway == "gw-test"
         && record.proto == LogProtocol::Udp
-        && record.core == 1));
+        && record.core == 1
+        && record.public == Some(SocketAddrV4::new(elastic_ip, 2000))));
     assert_eq!(records[1].reason.as_deref(), Some("idle_timeout"));
     assert_eq!(records[1].age_s, Some(30));
+
+    // "Who used Elastic IP 54.1.2.3:2000?" is answered from the public endpoint, and the
+    // gateway's own external endpoint still answers too.
+    let index = NatLogIndex::load_dir(dir.path()).unwrap();
+    let during = records[0].ts;
+    for asked in ["54.1.2.3:2000", "198.51.100.1:2000"] {
+        let holders = index.holders_of(asked.parse().unwrap(), during, None);
+        assert_eq!(holders.len(), 1, "{asked}");
+        assert_eq!(holders[0].pod, "10.244.1.10:5353".parse().unwrap());
+        assert_eq!(holders[0].public, Some(SocketAddrV4::new(elastic_ip, 2000)));
+    }
+    let filter = RecordFilter {
+        external: Some("54.1.2.3:2000".parse().unwrap()),
+        ..RecordFilter::default()
+    };
+    assert_eq!(
+        NatLogIndex::load_dir_matching(dir.path(), &filter)
+            .unwrap()
+            .mappings
+            .len(),
+        1
+    );
+    assert!(index
+        .holders_of("54.1.2.3:2001".parse().unwrap(), during, None)
+        .is_empty());
 }
 
 fn write_some(config: NatLogConfig, count: i64) -> egw_natlog::NatLogStats {

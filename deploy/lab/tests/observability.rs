@@ -213,9 +213,33 @@ fn field<'a>(record: &'a Value, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{name} missing in {record}"))
 }
 
+/// The lab table, with pool-a's address mapped to a public address the way the controller
+/// pushes an AWS Elastic IP: the gateway still translates to 198.51.100.1 and logs 54.240.0.1.
+const POOL_A_BEHIND_ELASTIC_IP: &str = "\
+generation: 3
+pools:
+  - { name: pool-a, addresses: [{snat: 198.51.100.1, public: 54.240.0.1}] }
+  - { name: pool-b, addresses: [198.51.100.2] }
+policies:
+  - name: via-a
+    rules:
+      - { destination: 0.0.0.0/0, snat: pool-a }
+  - name: via-b
+    rules:
+      - { destination: 0.0.0.0/0, snat: pool-b }
+sources:
+  - { cidr: 10.244.1.10/32, policy: via-a }
+  - { cidr: 10.244.1.11/32, policy: via-b }
+";
+
 #[test]
 fn nat_log_records_each_flow_and_closes_it_at_shutdown_and_egwctl_finds_the_pod() {
     let mut lab = lab(2);
+    lab.apply_route_table_yaml(POOL_A_BEHIND_ELASTIC_IP)
+        .expect("apply the table with a public address");
+    wait_for(&lab, "egw_route_table_generation", |generation| {
+        generation == 3.0
+    });
     let seen_tcp = lab.probe_tcp("pod-a").expect("TCP through egw");
     let seen_udp = lab.probe_udp("pod-b").expect("UDP through egw");
     let status = lab
@@ -259,10 +283,17 @@ fn nat_log_records_each_flow_and_closes_it_at_shutdown_and_egwctl_finds_the_pod(
             .iter()
             .find(|record| record["proto"] == proto)
             .unwrap_or_else(|| panic!("no {proto} delete: {records:#?}"));
-        for key in ["pod", "external", "remote"] {
+        for key in ["pod", "external", "public", "remote"] {
             assert_eq!(delete[key], create[key], "{key}: {delete} vs {create}");
         }
         assert_eq!(field(delete, "reason"), "shutdown", "{delete}");
+        // The pushed table's public address is logged for pool-a's flows only, same port.
+        let public = (proto == "tcp").then(|| format!("54.240.0.1:{}", external.port()));
+        assert_eq!(
+            create["public"].as_str().map(str::to_owned),
+            public,
+            "{create}"
+        );
 
         let at = field(create, "ts");
         let answer = lab
@@ -285,5 +316,26 @@ fn nat_log_records_each_flow_and_closes_it_at_shutdown_and_egwctl_finds_the_pod(
         assert_eq!(mappings.len(), 1, "{answer}");
         assert_eq!(mappings[0]["pod"], create["pod"], "{answer}");
         assert_eq!(mappings[0]["reason"], "shutdown", "{answer}");
+
+        // The compliance question as the outside world asks it: by the public endpoint.
+        if let Some(public) = &public {
+            let answer = lab
+                .egwctl(&[
+                    "-o",
+                    "json",
+                    "nat-log",
+                    "query",
+                    "--dir",
+                    &lab.egw_nat_log_dir().display().to_string(),
+                    "--external",
+                    public,
+                    "--at",
+                    at,
+                ])
+                .expect("egwctl nat-log query by public endpoint");
+            let answer: Value = serde_json::from_str(&answer).expect("JSON answer");
+            assert_eq!(answer["mappings"][0]["pod"], create["pod"], "{answer}");
+            assert_eq!(answer["mappings"].as_array().map(Vec::len), Some(1));
+        }
     }
 }

@@ -68,6 +68,7 @@ pub struct Gateway {
 /// A route table: pod A → pool-a (EXT_1), pod B → pool-b (EXT_2), everything else denied.
 pub fn two_pool_table(generation: u64) -> RouteTableSpec {
     RouteTableSpec {
+        public_addresses: Default::default(),
         generation,
         pools: vec![
             PoolSpec {
