@@ -734,6 +734,22 @@ mod tests {
     }
 
     #[test]
+    fn a_route_created_meanwhile_sends_the_step_back_to_a_fresh_read() {
+        let exists = ProviderError::Permanent {
+            operation: "CreateRoute",
+            code: "RouteAlreadyExists".into(),
+            message: "m".into(),
+        };
+        assert!(retry_on_race(exists, "RouteAlreadyExists").is_retryable());
+        let denied = ProviderError::Permanent {
+            operation: "CreateRoute",
+            code: "UnauthorizedOperation".into(),
+            message: "m".into(),
+        };
+        assert!(!retry_on_race(denied, "RouteAlreadyExists").is_retryable());
+    }
+
+    #[test]
     fn propagated_routes_are_not_the_static_route() {
         let table = RouteTable::builder()
             .routes(
