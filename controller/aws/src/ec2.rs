@@ -69,7 +69,7 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Elastic IP lifecycle on EC2.
 #[derive(Debug, Clone)]
 pub struct Ec2Provider {
-    client: Client,
+    pub(crate) client: Client,
     retry: RetryPolicy,
 }
 
@@ -123,7 +123,7 @@ impl Ec2Provider {
 
     /// Runs `step` until it succeeds, fails permanently or runs out of attempts. Every step
     /// re-reads the state it acts on, so repeating one is safe.
-    async fn with_retries<T, F, Fut>(&self, mut step: F) -> Result<T, ProviderError>
+    pub(crate) async fn with_retries<T, F, Fut>(&self, mut step: F) -> Result<T, ProviderError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
@@ -571,7 +571,7 @@ const SERVER_ERROR_CODES: &[&str] = &[
 const LIMIT_CODES: &[&str] = &["AddressLimitExceeded"];
 
 /// Sorts an SDK failure into the provider's kinds, keeping AWS's code and message.
-fn classify<E>(
+pub(crate) fn classify<E>(
     operation: &'static str,
     err: SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
 ) -> ProviderError

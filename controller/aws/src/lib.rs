@@ -8,6 +8,7 @@
 
 mod ec2;
 pub mod provider;
+mod routes;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -21,3 +22,4 @@ pub use provider::{
     ProviderError, PrunedInterfaces, RouteIntent, RouteProvider, RouteState, OWNER_TAG_VALUE,
     TAG_CLUSTER, TAG_GATEWAY, TAG_INSTANCE, TAG_OWNER, TAG_SLOT,
 };
+pub use routes::{route_record_key, NO_PREVIOUS_ROUTE, ROUTE_RECORD_TAG_PREFIX};

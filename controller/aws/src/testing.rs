@@ -354,3 +354,189 @@ pub async fn create_eni(
         secondary,
     )
 }
+
+// --- routes ---
+
+/// A VPC (10.0.0.0/16) with a subnet (10.0.1.0/24), an attached internet gateway and a route
+/// table of its own whose default route goes to that gateway (a public subnet's table).
+#[derive(Debug, Clone)]
+pub struct RouteLab {
+    pub vpc_id: String,
+    pub subnet_id: String,
+    pub internet_gateway_id: String,
+    pub route_table_id: String,
+}
+
+pub async fn create_route_lab(client: &Client) -> RouteLab {
+    let vpc_id = client
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc
+        .unwrap()
+        .vpc_id
+        .unwrap();
+    let subnet_id = client
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.0.1.0/24")
+        .send()
+        .await
+        .unwrap()
+        .subnet
+        .unwrap()
+        .subnet_id
+        .unwrap();
+    let internet_gateway_id = client
+        .create_internet_gateway()
+        .send()
+        .await
+        .unwrap()
+        .internet_gateway
+        .unwrap()
+        .internet_gateway_id
+        .unwrap();
+    client
+        .attach_internet_gateway()
+        .internet_gateway_id(&internet_gateway_id)
+        .vpc_id(&vpc_id)
+        .send()
+        .await
+        .unwrap();
+    let route_table_id = create_route_table(client, &vpc_id).await;
+    client
+        .create_route()
+        .route_table_id(&route_table_id)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&internet_gateway_id)
+        .send()
+        .await
+        .unwrap();
+    RouteLab {
+        vpc_id,
+        subnet_id,
+        internet_gateway_id,
+        route_table_id,
+    }
+}
+
+pub async fn create_route_table(client: &Client, vpc_id: &str) -> String {
+    client
+        .create_route_table()
+        .vpc_id(vpc_id)
+        .send()
+        .await
+        .unwrap()
+        .route_table
+        .unwrap()
+        .route_table_id
+        .unwrap()
+}
+
+/// A NAT gateway in `subnet_id` (with a fresh Elastic IP); returns its ID.
+pub async fn create_nat_gateway(client: &Client, subnet_id: &str) -> String {
+    let allocation_id = allocate_foreign(client, &[]).await;
+    client
+        .create_nat_gateway()
+        .subnet_id(subnet_id)
+        .allocation_id(allocation_id)
+        .send()
+        .await
+        .unwrap()
+        .nat_gateway
+        .unwrap()
+        .nat_gateway_id
+        .unwrap()
+}
+
+/// A table's routes (every field, by destination) and tags, to compare before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTableSnapshot {
+    pub routes: std::collections::BTreeMap<String, String>,
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+impl RouteTableSnapshot {
+    /// The target of the route to `cidr` (the first ID set), if there is such a route.
+    pub fn target(&self, cidr: &str) -> Option<&str> {
+        self.routes.get(cidr).map(String::as_str)
+    }
+}
+
+pub async fn route_table_snapshot(client: &Client, route_table_id: &str) -> RouteTableSnapshot {
+    let table = client
+        .describe_route_tables()
+        .route_table_ids(route_table_id)
+        .send()
+        .await
+        .unwrap()
+        .route_tables
+        .unwrap()
+        .remove(0);
+    let routes = table
+        .routes()
+        .iter()
+        .map(|route| {
+            let target = [
+                route.gateway_id(),
+                route.nat_gateway_id(),
+                route.transit_gateway_id(),
+                route.vpc_peering_connection_id(),
+                route.network_interface_id(),
+                route.instance_id(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("+");
+            (
+                route
+                    .destination_cidr_block()
+                    .unwrap_or_default()
+                    .to_string(),
+                target,
+            )
+        })
+        .collect();
+    let tags = table
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect();
+    RouteTableSnapshot { routes, tags }
+}
+
+/// moto gap: moto reports every route as `active`. This marks every route in DescribeRouteTables
+/// answers as a `blackhole`, as EC2 does when the target ENI's instance is stopped.
+#[derive(Debug)]
+pub struct RoutesAreBlackholes;
+
+impl Intercept for RoutesAreBlackholes {
+    fn name(&self) -> &'static str {
+        "RoutesAreBlackholes"
+    }
+
+    fn modify_before_attempt_completion(
+        &self,
+        context: &mut aws_sdk_ec2::config::interceptors::FinalizerInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let described = context
+            .output_or_error_mut()
+            .and_then(|result| result.as_mut().ok())
+            .and_then(|output| {
+                output.downcast_mut::<aws_sdk_ec2::operation::describe_route_tables::DescribeRouteTablesOutput>()
+            });
+        if let Some(output) = described {
+            for table in output.route_tables.iter_mut().flatten() {
+                for route in table.routes.iter_mut().flatten() {
+                    route.state = Some(aws_sdk_ec2::types::RouteState::Blackhole);
+                }
+            }
+        }
+        Ok(())
+    }
+}
