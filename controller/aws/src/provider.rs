@@ -148,7 +148,7 @@ pub enum ProviderError {
     },
     /// The request cannot be made as asked (e.g. adopt by an empty tag filter, which would
     /// adopt every address in the account).
-    #[error("invalid address intent: {0}")]
+    #[error("invalid request: {0}")]
     InvalidIntent(String),
     /// AWS answered without a field egw needs.
     #[error("{operation}: unexpected response: {detail}")]

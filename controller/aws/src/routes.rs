@@ -488,6 +488,43 @@ impl Ec2Provider {
     /// One pass of release: give back every recorded route not kept, then drop its record.
     /// Released routes go into `released` as soon as the route is back, so what an earlier,
     /// failed pass did is still reported.
+    /// Turns the ENI's source/dest check off unless it already is.
+    async fn ensure_forwarding(&self, network_interface_id: &str) -> Result<(), ProviderError> {
+        let described = self
+            .client
+            .describe_network_interfaces()
+            .network_interface_ids(network_interface_id)
+            .send()
+            .await
+            .map_err(|error| classify("DescribeNetworkInterfaces", error))?;
+        let interface = described
+            .network_interfaces
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .ok_or_else(|| ProviderError::NotFound {
+                operation: "DescribeNetworkInterfaces",
+                code: "InvalidNetworkInterfaceID.NotFound".into(),
+                message: format!("route target {network_interface_id} does not exist"),
+            })?;
+        if interface.source_dest_check == Some(false) {
+            return Ok(());
+        }
+        self.client
+            .modify_network_interface_attribute()
+            .network_interface_id(network_interface_id)
+            .source_dest_check(
+                aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                    .value(false)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|error| classify("ModifyNetworkInterfaceAttribute", error))?;
+        tracing::info!(eni = %network_interface_id, "turned off source/dest check: routes point at it");
+        Ok(())
+    }
+
     async fn release_pass(
         &self,
         owner: &str,
@@ -558,6 +595,10 @@ impl RouteProvider for Ec2Provider {
         if destinations.is_empty() {
             return Ok(Vec::new());
         }
+        // EC2 delivers packets addressed elsewhere to an ENI only when its source/dest check
+        // is off; pointing routes at an ENI that still checks would blackhole them.
+        self.with_retries(|| self.ensure_forwarding(&intent.target_network_interface_id))
+            .await?;
         let mut states = Vec::new();
         for table_id in tables {
             states.extend(

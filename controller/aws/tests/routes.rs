@@ -112,6 +112,20 @@ async fn creates_a_missing_route_and_deletes_it_on_release() {
         Some(lab.internet_gateway_id.as_str()),
         "routes not in the intent are untouched"
     );
+    let target = client
+        .describe_network_interfaces()
+        .network_interface_ids(&eni)
+        .send()
+        .await
+        .unwrap()
+        .network_interfaces
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        target.source_dest_check,
+        Some(false),
+        "an ENI that routes point at must forward"
+    );
     assert_eq!(
         during.tags,
         BTreeMap::from([(record_key("web", "192.168.0.0/16"), "none".to_string())])
@@ -251,7 +265,11 @@ async fn takes_over_and_restores_routes_to_every_kind_of_target() {
     assert_eq!(again, expected);
     assert_eq!(
         actions(&bodies),
-        vec!["DescribeRouteTables", "DescribeRouteTables"]
+        vec![
+            "DescribeNetworkInterfaces",
+            "DescribeRouteTables",
+            "DescribeRouteTables"
+        ]
     );
 
     let released = moto
@@ -300,8 +318,13 @@ async fn failover_keeps_the_original_previous_target() {
     );
     assert_eq!(
         actions(&bodies),
-        vec!["DescribeRouteTables", "ReplaceRoute"],
-        "the record is not rewritten"
+        vec![
+            "DescribeNetworkInterfaces",
+            "ModifyNetworkInterfaceAttribute",
+            "DescribeRouteTables",
+            "ReplaceRoute"
+        ],
+        "the record is not rewritten; the new target is made to forward"
     );
     let during = route_table_snapshot(&client, &lab.route_table_id).await;
     assert_eq!(during.target("0.0.0.0/0"), Some(eni_b.as_str()));
@@ -576,7 +599,11 @@ async fn a_blackhole_route_to_the_eni_is_replaced() {
     );
     assert_eq!(
         actions(&bodies),
-        vec!["DescribeRouteTables", "ReplaceRoute"]
+        vec![
+            "DescribeNetworkInterfaces",
+            "DescribeRouteTables",
+            "ReplaceRoute"
+        ]
     );
 }
 
