@@ -1,9 +1,10 @@
 //! [`AddressProvider`] on the EC2 API (aws-sdk-ec2).
 
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_ec2::config::retry::RetryConfig;
@@ -14,8 +15,8 @@ use aws_sdk_ec2::Client;
 
 use crate::provider::{
     AddressProvider, AddressSource, Association, AssociationTarget, GatewayAddressIntent,
-    GatewayRef, ManagedAddress, ProviderError, OWNER_TAG_VALUE, TAG_CLUSTER, TAG_GATEWAY,
-    TAG_OWNER, TAG_SLOT,
+    GatewayRef, InstanceTypeLimits, ManagedAddress, ProviderError, OWNER_TAG_VALUE, TAG_CLUSTER,
+    TAG_GATEWAY, TAG_OWNER, TAG_SLOT,
 };
 
 /// Bounded exponential backoff for transient failures. The delay doubles from `base_delay` up
@@ -66,11 +67,13 @@ pub struct Ec2ProviderSettings {
 /// A hung EC2 call becomes a retryable timeout after this long.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Elastic IP lifecycle on EC2.
+/// Elastic IP lifecycle, ENIs and instance facts on EC2.
 #[derive(Debug, Clone)]
 pub struct Ec2Provider {
-    client: Client,
-    retry: RetryPolicy,
+    pub(crate) client: Client,
+    pub(crate) retry: RetryPolicy,
+    /// Instance-type limits never change, so each type is asked about once per process.
+    pub(crate) instance_type_limits: Arc<Mutex<HashMap<String, InstanceTypeLimits>>>,
 }
 
 /// The HTTPS client the provider talks to EC2 with: rustls on ring, like the rest of egw (tonic,
@@ -118,12 +121,13 @@ impl Ec2Provider {
         Ec2Provider {
             client: Client::from_conf(config),
             retry,
+            instance_type_limits: Arc::default(),
         }
     }
 
     /// Runs `step` until it succeeds, fails permanently or runs out of attempts. Every step
     /// re-reads the state it acts on, so repeating one is safe.
-    async fn with_retries<T, F, Fut>(&self, mut step: F) -> Result<T, ProviderError>
+    pub(crate) async fn with_retries<T, F, Fut>(&self, mut step: F) -> Result<T, ProviderError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
@@ -486,7 +490,7 @@ impl AddressProvider for Ec2Provider {
     }
 }
 
-fn owner_tags(gateway: &GatewayRef) -> BTreeMap<String, String> {
+pub(crate) fn owner_tags(gateway: &GatewayRef) -> BTreeMap<String, String> {
     BTreeMap::from([
         (TAG_CLUSTER.to_string(), gateway.cluster.clone()),
         (TAG_GATEWAY.to_string(), gateway.gateway.clone()),
@@ -571,7 +575,7 @@ const SERVER_ERROR_CODES: &[&str] = &[
 const LIMIT_CODES: &[&str] = &["AddressLimitExceeded"];
 
 /// Sorts an SDK failure into the provider's kinds, keeping AWS's code and message.
-fn classify<E>(
+pub(crate) fn classify<E>(
     operation: &'static str,
     err: SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
 ) -> ProviderError
