@@ -300,6 +300,35 @@ fn pick_free_addresses(
         .collect()
 }
 
+/// EC2 is eventually consistent: an ENI created or attached a moment ago can still be unknown
+/// (`InvalidNetworkInterfaceID.NotFound`) or not yet in the state the next call needs
+/// (`IncorrectState`). Both settle within seconds, so they are retried (the retry re-reads).
+fn settling(err: ProviderError) -> ProviderError {
+    match err {
+        ProviderError::NotFound {
+            operation,
+            code,
+            message,
+        } => ProviderError::Retryable {
+            operation,
+            code,
+            message,
+            attempts: 1,
+        },
+        ProviderError::Permanent {
+            operation,
+            code,
+            message,
+        } if code == "IncorrectState" => ProviderError::Retryable {
+            operation,
+            code,
+            message,
+            attempts: 1,
+        },
+        other => other,
+    }
+}
+
 fn is_address_in_use(err: &ProviderError) -> bool {
     matches!(err, ProviderError::Permanent { code, .. } if ADDRESS_IN_USE_CODES.contains(&code.as_str()))
 }
@@ -533,9 +562,28 @@ impl Ec2Provider {
             .source_dest_check(AttributeBooleanValue::builder().value(false).build())
             .send()
             .await
-            .map_err(|err| classify("ModifyNetworkInterfaceAttribute", err))?;
+            .map_err(|err| settling(classify("ModifyNetworkInterfaceAttribute", err)))?;
         tracing::info!(eni = %eni.id, "disabled source/dest check");
         Ok(())
+    }
+
+    /// Unassigns the addresses `gateway`'s record on `eni` names that are still there, then
+    /// drops the record. In that order, so a crash in between cannot orphan an address.
+    async fn release_record(
+        &self,
+        eni: &Eni,
+        record_key: &str,
+    ) -> Result<Vec<Ipv4Addr>, ProviderError> {
+        let Some(value) = eni.tags.get(record_key) else {
+            return Ok(Vec::new());
+        };
+        let still_there: Vec<Ipv4Addr> = parse_record(value)
+            .into_iter()
+            .filter(|ip| *ip != eni.primary_ip && eni.holds(*ip))
+            .collect();
+        self.unassign(&eni.id, &still_there).await?;
+        self.delete_tag(&eni.id, record_key).await?;
+        Ok(still_there)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -578,6 +626,15 @@ impl Ec2Provider {
                 "{} secondary IPs do not fit the {record_key} record tag: SecondaryIp mode holds at most {MAX_RECORDED_ADDRESSES} per gateway and instance (use EniPerGateway)",
                 intent.count
             )));
+        }
+
+        // The gateway's ENI on this instance from an earlier EniPerGateway intent goes.
+        for stale in self
+            .describe_enis(tag_filters(&eni_tags(&intent.gateway, &instance.id)))
+            .await?
+        {
+            tracing::info!(eni = %stale.id, instance = %instance.id, "deleting the gateway's ENI: the gateway now uses secondary IPs");
+            self.delete_eni(&stale).await?;
         }
 
         // Keep the lowest addresses already on the ENI, then the recorded ones still to assign.
@@ -740,6 +797,11 @@ impl Ec2Provider {
             });
         }
 
+        // Secondary IPs of an earlier SecondaryIp intent of this gateway on this node go.
+        let primary = instance.primary()?;
+        self.release_record(primary, &secondary_ips_tag_key(&intent.gateway))
+            .await?;
+
         // Of duplicates (a lost CreateNetworkInterface response, a racing replica), keep the
         // attached one, else the lowest ID: every pass and replica picks the same.
         candidates.sort_by(|a, b| {
@@ -781,7 +843,7 @@ impl Ec2Provider {
                 .device_index(device_index)
                 .send()
                 .await
-                .map_err(|err| classify("AttachNetworkInterface", err))?;
+                .map_err(|err| settling(classify("AttachNetworkInterface", err)))?;
             let attachment_id = output
                 .attachment_id()
                 .ok_or_else(|| unexpected("AttachNetworkInterface", "no AttachmentId"))?;
@@ -810,7 +872,7 @@ impl Ec2Provider {
                     )
                     .send()
                     .await
-                    .map_err(|err| classify("ModifyNetworkInterfaceAttribute", err))?;
+                    .map_err(|err| settling(classify("ModifyNetworkInterfaceAttribute", err)))?;
                 changed = true;
             }
         }
@@ -830,7 +892,7 @@ impl Ec2Provider {
                 .secondary_private_ip_address_count(add)
                 .send()
                 .await
-                .map_err(|err| classify("AssignPrivateIpAddresses", err))?;
+                .map_err(|err| settling(classify("AssignPrivateIpAddresses", err)))?;
             tracing::info!(eni = %eni.id, add, "assigned secondary private IPs");
             changed = true;
         } else if have > wanted_secondaries {
@@ -1022,19 +1084,8 @@ impl Ec2Provider {
             if kept(attached_instance) {
                 continue;
             }
-            let recorded = eni
-                .tags
-                .get(&record_key)
-                .map(|value| parse_record(value))
-                .unwrap_or_default();
-            let still_there: Vec<Ipv4Addr> = recorded
-                .into_iter()
-                .filter(|ip| *ip != eni.primary_ip && eni.holds(*ip))
-                .collect();
-            // Unassign before dropping the record, so a crash cannot orphan an address.
-            self.unassign(&eni.id, &still_there).await?;
-            self.delete_tag(&eni.id, &record_key).await?;
-            pruned.unassigned_private_ips.extend(still_there);
+            let released = self.release_record(&eni, &record_key).await?;
+            pruned.unassigned_private_ips.extend(released);
         }
         pruned.deleted_network_interface_ids.sort();
         pruned.unassigned_private_ips.sort();
@@ -1125,6 +1176,32 @@ mod tests {
             pick_free_addresses(sloppy, &BTreeSet::new(), &BTreeSet::new(), 1),
             vec![Ipv4Addr::new(10, 0, 1, 4)]
         );
+    }
+
+    #[test]
+    fn eventual_consistency_is_retried_and_real_rejections_are_not() {
+        let not_yet = settling(ProviderError::NotFound {
+            operation: "AttachNetworkInterface",
+            code: "InvalidNetworkInterfaceID.NotFound".into(),
+            message: "m".into(),
+        });
+        assert!(not_yet.is_retryable());
+        assert_eq!(
+            not_yet.aws_code(),
+            Some("InvalidNetworkInterfaceID.NotFound")
+        );
+        let settling_state = settling(ProviderError::Permanent {
+            operation: "AttachNetworkInterface",
+            code: "IncorrectState".into(),
+            message: "m".into(),
+        });
+        assert!(settling_state.is_retryable());
+        let denied = settling(ProviderError::Permanent {
+            operation: "AttachNetworkInterface",
+            code: "UnauthorizedOperation".into(),
+            message: "m".into(),
+        });
+        assert!(matches!(denied, ProviderError::Permanent { .. }));
     }
 
     #[test]

@@ -972,3 +972,138 @@ async fn transient_failures_are_retried_and_unknown_instances_reported() {
         .unwrap_err();
     assert!(matches!(err, ProviderError::NotFound { .. }), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_modes_removes_what_the_other_mode_held() {
+    let moto = Moto::start();
+    let client = moto.client();
+    let network = create_network(&client).await;
+    let (instance, _, _) = node_with_cni_pod(&client, &network, ROOMY).await;
+    let provider = moto.provider_with(MotoDeleteOnTermination::default());
+    provider
+        .ensure_private_addresses(&secondary("web", &instance, 2))
+        .await
+        .unwrap();
+    provider
+        .ensure_private_addresses(&secondary("api", &instance, 1))
+        .await
+        .unwrap();
+    let api_before = primary_eni_state(&client, &instance, "api").await;
+
+    provider
+        .ensure_private_addresses(&dedicated("web", &instance, 2))
+        .await
+        .unwrap();
+    let (secondaries, web_record, _) = primary_eni_state(&client, &instance, "web").await;
+    assert_eq!(web_record, None, "web's secondary IPs are released");
+    let api_ips: Vec<Ipv4Addr> = api_before.1.clone().unwrap().split(',').map(ip).collect();
+    assert_eq!(secondaries, with_cni(&api_ips), "api's and the CNI's stay");
+    assert_eq!(egw_enis(&client).await.len(), 1);
+
+    let back = provider
+        .ensure_private_addresses(&secondary("web", &instance, 1))
+        .await
+        .unwrap();
+    assert!(egw_enis(&client).await.is_empty(), "web's ENI is deleted");
+    let (secondaries, web_record, _) = primary_eni_state(&client, &instance, "web").await;
+    assert_eq!(web_record, Some(record_value(&back.private_ips)));
+    let mut expected = api_ips.clone();
+    expected.extend(&back.private_ips);
+    assert_eq!(secondaries, with_cni(&expected));
+    assert_eq!(instance_enis(&client, &instance).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_converges_after_a_crash_at_every_call() {
+    let moto = Moto::start();
+    let client = moto.client();
+    let network = create_network(&client).await;
+    let provider = moto.provider_with(MotoDeleteOnTermination::default());
+    // A node holding both what web's SecondaryIp intents left (recorded secondary IPs) and what
+    // its EniPerGateway intents left (an ENI). An EniPerGateway ensure releases the record, so
+    // the record and its addresses are put back by hand.
+    async fn leftover_node(
+        client: &aws_sdk_ec2::Client,
+        network: &Network,
+        provider: &egw_aws::Ec2Provider,
+    ) -> String {
+        let (instance, primary_id, _) = node_with_cni_pod(client, network, ROOMY).await;
+        provider
+            .ensure_private_addresses(&secondary("web", &instance, 2))
+            .await
+            .unwrap();
+        let record = instance_enis(client, &instance).await.remove(0);
+        let record = eni_tag(&record, &secondary_ips_tag_key(&gateway("web"))).unwrap();
+        provider
+            .ensure_private_addresses(&dedicated("web", &instance, 2))
+            .await
+            .unwrap();
+        // ensure in EniPerGateway mode released the record; put it (and the addresses) back.
+        for address in record.split(',') {
+            assign_as_cni(client, &primary_id, address).await;
+        }
+        client
+            .create_tags()
+            .resources(&primary_id)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key(secondary_ips_tag_key(&gateway("web")))
+                    .value(record)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        instance
+    }
+
+    let instance = leftover_node(&client, &network, &provider).await;
+    let (record, bodies) = recorder();
+    let pruned = moto
+        .provider_with_all([
+            SharedInterceptor::new(record),
+            SharedInterceptor::new(MotoDeleteOnTermination::default()),
+        ])
+        .prune_private_addresses(&gateway("web"), &[])
+        .await
+        .unwrap();
+    assert_eq!(pruned.deleted_network_interface_ids.len(), 1);
+    assert_eq!(pruned.unassigned_private_ips.len(), 2);
+    assert_eq!(
+        writes(&bodies),
+        [
+            "DetachNetworkInterface",
+            "DeleteNetworkInterface",
+            "UnassignPrivateIpAddresses",
+            "DeleteTags",
+        ]
+    );
+    let calls = bodies.lock().unwrap().len();
+    let (secondaries, recorded, _) = primary_eni_state(&client, &instance, "web").await;
+    assert_eq!((secondaries, recorded), (vec![ip(CNI_POD_IP)], None));
+
+    for delivered in 1..calls {
+        let instance = leftover_node(&client, &network, &provider).await;
+        let crashing = moto.provider_with(LoseResponsesAfter {
+            delivered,
+            seen: Arc::new(AtomicUsize::new(0)),
+        });
+        let err = crashing
+            .prune_private_addresses(&gateway("web"), &[])
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "k = {delivered}: {err}");
+        moto.provider()
+            .prune_private_addresses(&gateway("web"), &[])
+            .await
+            .unwrap();
+        assert!(egw_enis(&client).await.is_empty(), "k = {delivered}");
+        let (secondaries, recorded, _) = primary_eni_state(&client, &instance, "web").await;
+        assert_eq!(
+            (secondaries, recorded),
+            (vec![ip(CNI_POD_IP)], None),
+            "k = {delivered}: only the CNI's address is left"
+        );
+        assert_eq!(instance_enis(&client, &instance).await.len(), 1);
+    }
+}
