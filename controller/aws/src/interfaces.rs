@@ -274,30 +274,45 @@ fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u32)> {
     (prefix <= 32).then_some((address, prefix))
 }
 
-/// The first `wanted` addresses of the subnet that nothing holds, skipping what AWS reserves
-/// (the first four and the last address of every subnet) and `excluded`.
+/// `wanted` addresses of the subnet that nothing holds, skipping what AWS reserves (the first
+/// four and the last address of every subnet) and `excluded`. The scan starts at `start`
+/// (taken modulo the usable range) and wraps: egw starts at a point derived from the gateway
+/// and instance rather than at the bottom, where EC2's own picks for the VPC CNI would collide
+/// with it more often.
 fn pick_free_addresses(
     cidr: (Ipv4Addr, u32),
     in_use: &BTreeSet<Ipv4Addr>,
     excluded: &BTreeSet<Ipv4Addr>,
     wanted: usize,
+    start: u64,
 ) -> Vec<Ipv4Addr> {
     let (network, prefix) = cidr;
     let size: u64 = 1u64 << (32 - prefix);
+    if size < 8 {
+        return Vec::new();
+    }
     let mask = if prefix == 0 {
         0
     } else {
         u32::MAX << (32 - prefix)
     };
-    let base = u64::from(u32::from(network) & mask);
-    if size < 8 {
-        return Vec::new();
-    }
-    (base + 4..base + size - 1)
+    let first_usable = u64::from(u32::from(network) & mask) + 4;
+    let usable = size - 5;
+    let offset = start % usable;
+    (0..usable)
+        .map(|step| first_usable + (offset + step) % usable)
         .filter_map(|raw| u32::try_from(raw).ok().map(Ipv4Addr::from))
         .filter(|ip| !in_use.contains(ip) && !excluded.contains(ip))
         .take(wanted)
         .collect()
+}
+
+/// Where in the subnet a gateway's picks on an instance start (see [`pick_free_addresses`]).
+fn pick_start(gateway: &GatewayRef, instance_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (&gateway.cluster, &gateway.gateway, instance_id).hash(&mut hasher);
+    hasher.finish()
 }
 
 /// EC2 is eventually consistent: an ENI created or attached a moment ago can still be unknown
@@ -682,7 +697,13 @@ impl Ec2Provider {
                     let mut excluded = rejected.clone();
                     excluded.extend(record.iter().copied());
                     excluded.extend(recorded.iter().copied());
-                    let picked = pick_free_addresses(*cidr, in_use, &excluded, shortfall);
+                    let picked = pick_free_addresses(
+                        *cidr,
+                        in_use,
+                        &excluded,
+                        shortfall,
+                        pick_start(&intent.gateway, &instance.id),
+                    );
                     if picked.len() < shortfall {
                         return Err(ProviderError::LimitExceeded {
                             operation: "AssignPrivateIpAddresses",
@@ -1162,20 +1183,38 @@ mod tests {
         let in_use = BTreeSet::from([Ipv4Addr::new(10, 0, 1, 4), Ipv4Addr::new(10, 0, 1, 6)]);
         let excluded = BTreeSet::from([Ipv4Addr::new(10, 0, 1, 7)]);
         assert_eq!(
-            pick_free_addresses(cidr, &in_use, &excluded, 2),
+            pick_free_addresses(cidr, &in_use, &excluded, 2, 0),
             vec![Ipv4Addr::new(10, 0, 1, 5), Ipv4Addr::new(10, 0, 1, 8)]
         );
-        // .15 is the subnet's last address, reserved by AWS.
-        let all = pick_free_addresses(cidr, &BTreeSet::new(), &BTreeSet::new(), 100);
+        // .0-.3 and .15 (the last) are reserved by AWS: 11 usable.
+        let all = pick_free_addresses(cidr, &BTreeSet::new(), &BTreeSet::new(), 100, 0);
         assert_eq!(all.first(), Some(&Ipv4Addr::new(10, 0, 1, 4)));
         assert_eq!(all.last(), Some(&Ipv4Addr::new(10, 0, 1, 14)));
         assert_eq!(all.len(), 11);
+        // A start near the end wraps to the beginning; any start covers every usable address.
+        assert_eq!(
+            pick_free_addresses(cidr, &in_use, &excluded, 3, 9),
+            vec![
+                Ipv4Addr::new(10, 0, 1, 13),
+                Ipv4Addr::new(10, 0, 1, 14),
+                Ipv4Addr::new(10, 0, 1, 5)
+            ]
+        );
+        for start in [1, 11, 12, u64::MAX] {
+            let mut wrapped =
+                pick_free_addresses(cidr, &BTreeSet::new(), &BTreeSet::new(), 100, start);
+            wrapped.sort();
+            assert_eq!(wrapped, all, "start {start}");
+        }
         // A CIDR written with host bits still yields addresses of its network.
         let sloppy = parse_cidr("10.0.1.9/28").unwrap();
         assert_eq!(
-            pick_free_addresses(sloppy, &BTreeSet::new(), &BTreeSet::new(), 1),
+            pick_free_addresses(sloppy, &BTreeSet::new(), &BTreeSet::new(), 1, 0),
             vec![Ipv4Addr::new(10, 0, 1, 4)]
         );
+        // Too small to hold anything after the reserved addresses.
+        let tiny = parse_cidr("10.0.1.0/30").unwrap();
+        assert!(pick_free_addresses(tiny, &BTreeSet::new(), &BTreeSet::new(), 1, 0).is_empty());
     }
 
     #[test]
