@@ -845,8 +845,9 @@ impl Ec2Provider {
         let mut changed = false;
 
         if !eni.attached_to(&instance.id) {
-            if eni.active_attachment().is_some() {
-                // Tagged for this instance but attached elsewhere: take it back.
+            if eni.active_attachment().is_some() || !eni.available {
+                // Tagged for this instance but attached elsewhere (take it back), still being
+                // detached, or still pending after its creation: wait until it can be attached.
                 self.detach_and_wait(&eni).await?;
             }
             let device_index = free_index.ok_or_else(|| ProviderError::InstanceLimitExceeded {
