@@ -71,7 +71,7 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone)]
 pub struct Ec2Provider {
     pub(crate) client: Client,
-    pub(crate) retry: RetryPolicy,
+    retry: RetryPolicy,
     /// Instance-type limits never change, so each type is asked about once per process.
     pub(crate) instance_type_limits: Arc<Mutex<HashMap<String, InstanceTypeLimits>>>,
 }
