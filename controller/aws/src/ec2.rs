@@ -1,9 +1,10 @@
 //! [`AddressProvider`] on the EC2 API (aws-sdk-ec2).
 
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_ec2::config::retry::RetryConfig;
@@ -14,8 +15,8 @@ use aws_sdk_ec2::Client;
 
 use crate::provider::{
     AddressProvider, AddressSource, Association, AssociationTarget, GatewayAddressIntent,
-    GatewayRef, ManagedAddress, ProviderError, OWNER_TAG_VALUE, TAG_CLUSTER, TAG_GATEWAY,
-    TAG_OWNER, TAG_SLOT,
+    GatewayRef, InstanceTypeLimits, ManagedAddress, ProviderError, OWNER_TAG_VALUE, TAG_CLUSTER,
+    TAG_GATEWAY, TAG_OWNER, TAG_SLOT,
 };
 
 /// Bounded exponential backoff for transient failures. The delay doubles from `base_delay` up
@@ -66,11 +67,13 @@ pub struct Ec2ProviderSettings {
 /// A hung EC2 call becomes a retryable timeout after this long.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Elastic IP lifecycle on EC2.
+/// Elastic IP lifecycle, ENIs and instance facts on EC2.
 #[derive(Debug, Clone)]
 pub struct Ec2Provider {
     pub(crate) client: Client,
     retry: RetryPolicy,
+    /// Instance-type limits never change, so each type is asked about once per process.
+    pub(crate) instance_type_limits: Arc<Mutex<HashMap<String, InstanceTypeLimits>>>,
 }
 
 /// The HTTPS client the provider talks to EC2 with: rustls on ring, like the rest of egw (tonic,
@@ -118,6 +121,7 @@ impl Ec2Provider {
         Ec2Provider {
             client: Client::from_conf(config),
             retry,
+            instance_type_limits: Arc::default(),
         }
     }
 
@@ -486,7 +490,7 @@ impl AddressProvider for Ec2Provider {
     }
 }
 
-fn owner_tags(gateway: &GatewayRef) -> BTreeMap<String, String> {
+pub(crate) fn owner_tags(gateway: &GatewayRef) -> BTreeMap<String, String> {
     BTreeMap::from([
         (TAG_CLUSTER.to_string(), gateway.cluster.clone()),
         (TAG_GATEWAY.to_string(), gateway.gateway.clone()),

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod ec2;
+mod interfaces;
 pub mod provider;
 mod routes;
 #[cfg(feature = "testing")]
@@ -15,6 +16,7 @@ pub mod testing;
 pub use ec2::{
     https_client, Ec2Provider, Ec2ProviderSettings, RetryPolicy, DEFAULT_ATTEMPT_TIMEOUT,
 };
+pub use interfaces::{secondary_ips_tag_key, TAG_SECONDARY_IPS_PREFIX};
 pub use provider::{
     AddressProvider, AddressSource, Association, AssociationTarget, GatewayAddressIntent,
     GatewayInterface, GatewayRef, InstanceDescription, InstanceState, InstanceTypeLimits,

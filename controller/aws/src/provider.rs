@@ -319,9 +319,9 @@ pub struct GatewayInterface {
     pub network_interface_id: String,
     /// Device index of that ENI on the instance.
     pub device_index: i32,
-    /// Exactly `count` private addresses egw may map Elastic IPs to, sorted. In `SecondaryIp`
-    /// mode only secondaries egw assigned (never the node's own or the VPC CNI's); in
-    /// `EniPerGateway` mode the ENI's primary address first counts too.
+    /// Exactly `count` private addresses egw may map Elastic IPs to. In `SecondaryIp` mode only
+    /// secondaries egw assigned (never the node's own or the VPC CNI's), sorted; in
+    /// `EniPerGateway` mode the ENI's primary address first, then its secondaries sorted.
     pub private_ips: Vec<Ipv4Addr>,
 }
 

@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 use crate::{Ec2Provider, RetryPolicy, OWNER_TAG_VALUE, TAG_OWNER};
 use aws_sdk_ec2::config::interceptors::{
     BeforeDeserializationInterceptorContextMut, BeforeDeserializationInterceptorContextRef,
-    BeforeTransmitInterceptorContextRef,
+    BeforeTransmitInterceptorContextMut, BeforeTransmitInterceptorContextRef,
+    FinalizerInterceptorContextMut,
 };
 use aws_sdk_ec2::config::{
     BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
+    SharedInterceptor,
 };
 use aws_sdk_ec2::error::BoxError;
+use aws_sdk_ec2::operation::describe_network_interfaces::DescribeNetworkInterfacesOutput;
 use aws_sdk_ec2::types::{DomainType, Filter, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
 
@@ -353,6 +356,381 @@ pub async fn create_eni(
         eni.private_ip_address.unwrap().parse().unwrap(),
         secondary,
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instances and ENIs
+// ---------------------------------------------------------------------------------------------
+
+impl Moto {
+    /// A provider whose client runs every one of `interceptors` on every request, in order.
+    pub fn provider_with_all(
+        &self,
+        interceptors: impl IntoIterator<Item = SharedInterceptor>,
+    ) -> Ec2Provider {
+        let client = Client::from_conf(self.config_with_all(interceptors).build());
+        Ec2Provider::from_client(client, fast_retries())
+    }
+
+    /// A plain SDK client (for the test's own describes) running `interceptors`.
+    pub fn client_with_all(
+        &self,
+        interceptors: impl IntoIterator<Item = SharedInterceptor>,
+    ) -> Client {
+        Client::from_conf(self.config_with_all(interceptors).build())
+    }
+
+    fn config_with_all(
+        &self,
+        interceptors: impl IntoIterator<Item = SharedInterceptor>,
+    ) -> aws_sdk_ec2::config::Builder {
+        let mut config = self.config();
+        for interceptor in interceptors {
+            config.push_interceptor(interceptor);
+        }
+        config
+    }
+}
+
+/// A VPC (10.0.0.0/16) with two subnets and a security group.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub vpc_id: String,
+    /// 10.0.1.0/24: where instances run.
+    pub subnet_id: String,
+    /// 10.0.2.0/24: for ENIs placed in another subnet.
+    pub other_subnet_id: String,
+    /// The group instances run with.
+    pub security_group_id: String,
+    /// A second group, for ENIs given other groups.
+    pub other_security_group_id: String,
+}
+
+pub async fn create_network(client: &Client) -> Network {
+    let vpc_id = client
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc
+        .unwrap()
+        .vpc_id
+        .unwrap();
+    let mut subnets = Vec::new();
+    for cidr in ["10.0.1.0/24", "10.0.2.0/24"] {
+        subnets.push(
+            client
+                .create_subnet()
+                .vpc_id(&vpc_id)
+                .cidr_block(cidr)
+                .send()
+                .await
+                .unwrap()
+                .subnet
+                .unwrap()
+                .subnet_id
+                .unwrap(),
+        );
+    }
+    let mut groups = Vec::new();
+    for name in ["nodes", "egress"] {
+        groups.push(
+            client
+                .create_security_group()
+                .vpc_id(&vpc_id)
+                .group_name(name)
+                .description(name)
+                .send()
+                .await
+                .unwrap()
+                .group_id
+                .unwrap(),
+        );
+    }
+    Network {
+        vpc_id,
+        subnet_id: subnets.remove(0),
+        other_subnet_id: subnets.remove(0),
+        security_group_id: groups.remove(0),
+        other_security_group_id: groups.remove(0),
+    }
+}
+
+/// Runs one instance of `instance_type` in the network's first subnet; returns its ID.
+pub async fn run_instance(client: &Client, network: &Network, instance_type: &str) -> String {
+    client
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .instance_type(aws_sdk_ec2::types::InstanceType::from(instance_type))
+        .subnet_id(&network.subnet_id)
+        .security_group_ids(&network.security_group_id)
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string()
+}
+
+/// Every ENI attached to `instance_id`, sorted by device index.
+pub async fn instance_enis(
+    client: &Client,
+    instance_id: &str,
+) -> Vec<aws_sdk_ec2::types::NetworkInterface> {
+    let mut enis = client
+        .describe_network_interfaces()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(instance_id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .network_interfaces
+        .unwrap_or_default();
+    enis.sort_by_key(|eni| eni.attachment().and_then(|a| a.device_index()));
+    enis
+}
+
+/// Every ENI moto holds that carries the egw owner tag.
+pub async fn egw_enis(client: &Client) -> Vec<aws_sdk_ec2::types::NetworkInterface> {
+    client
+        .describe_network_interfaces()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{TAG_OWNER}"))
+                .values(OWNER_TAG_VALUE)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .network_interfaces
+        .unwrap_or_default()
+}
+
+/// The secondary (non-primary) private IPs of an ENI, sorted and distinct.
+///
+/// moto gap: when asked for a count of secondaries (CreateNetworkInterface,
+/// AssignPrivateIpAddresses), moto draws random addresses without checking the ENI's own, so an
+/// ENI can list one address twice, or its primary again as a secondary. EC2 never does; an
+/// ENI's addresses are a set, and egw reads them as one, so the tests do too.
+pub fn secondary_ips(eni: &aws_sdk_ec2::types::NetworkInterface) -> Vec<std::net::Ipv4Addr> {
+    let primary: Option<std::net::Ipv4Addr> =
+        eni.private_ip_address().map(|ip| ip.parse().unwrap());
+    let mut ips: Vec<std::net::Ipv4Addr> = eni
+        .private_ip_addresses()
+        .iter()
+        .filter(|p| p.primary() != Some(true))
+        .map(|p| p.private_ip_address().unwrap().parse().unwrap())
+        .filter(|ip| Some(*ip) != primary)
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// The value of tag `key` on an ENI.
+pub fn eni_tag(eni: &aws_sdk_ec2::types::NetworkInterface, key: &str) -> Option<String> {
+    eni.tag_set()
+        .iter()
+        .find(|tag| tag.key() == Some(key))
+        .and_then(|tag| tag.value())
+        .map(str::to_string)
+}
+
+/// Assigns `ip` to `eni_id` as a secondary, as the VPC CNI does for pods.
+pub async fn assign_as_cni(client: &Client, eni_id: &str, ip: &str) {
+    client
+        .assign_private_ip_addresses()
+        .network_interface_id(eni_id)
+        .private_ip_addresses(ip)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// moto gap: moto accepts ModifyNetworkInterfaceAttribute with `Attachment.DeleteOnTermination`
+/// but ignores it, so every described attachment keeps `DeleteOnTermination=false`. This stands
+/// in for EC2: it remembers each attachment the modification reached moto for, and sets
+/// `DeleteOnTermination=true` on that attachment in every later DescribeNetworkInterfaces
+/// output. Clones share what they remember (give one to the provider, one to the test's client).
+#[derive(Debug, Clone, Default)]
+pub struct MotoDeleteOnTermination {
+    attachments: Arc<Mutex<std::collections::BTreeSet<String>>>,
+}
+
+impl MotoDeleteOnTermination {
+    /// The attachment IDs a DeleteOnTermination=true modification was sent for.
+    pub fn modified_attachments(&self) -> Vec<String> {
+        self.attachments.lock().unwrap().iter().cloned().collect()
+    }
+}
+
+/// The value of `name` in a form-encoded EC2 query body.
+pub fn query_param(body: &str, name: &str) -> Option<String> {
+    body.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| value.to_string())
+    })
+}
+
+/// Every value of `Name.1`, `Name.2`, ... in a form-encoded EC2 query body.
+pub fn query_list(body: &str, name: &str) -> Vec<String> {
+    body.split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            let index = key.strip_prefix(name)?.strip_prefix('.')?;
+            index
+                .parse::<u32>()
+                .is_ok()
+                .then(|| value.replace("%2C", ","))
+        })
+        .collect()
+}
+
+impl Intercept for MotoDeleteOnTermination {
+    fn name(&self) -> &'static str {
+        "MotoDeleteOnTermination"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        let body = String::from_utf8_lossy(body);
+        if query_param(&body, "Action").as_deref() == Some("ModifyNetworkInterfaceAttribute")
+            && query_param(&body, "Attachment.DeleteOnTermination").as_deref() == Some("true")
+        {
+            if let Some(attachment) = query_param(&body, "Attachment.AttachmentId") {
+                self.attachments.lock().unwrap().insert(attachment);
+            }
+        }
+        Ok(())
+    }
+
+    fn modify_before_completion(
+        &self,
+        context: &mut FinalizerInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let Some(Ok(output)) = context.output_or_error_mut() else {
+            return Ok(());
+        };
+        let Some(described) = output.downcast_mut::<DescribeNetworkInterfacesOutput>() else {
+            return Ok(());
+        };
+        let modified = self.attachments.lock().unwrap();
+        for eni in described.network_interfaces.iter_mut().flatten() {
+            if let Some(attachment) = eni.attachment.as_mut() {
+                if attachment
+                    .attachment_id
+                    .as_ref()
+                    .is_some_and(|id| modified.contains(id))
+                {
+                    attachment.delete_on_termination = Some(true);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// moto gap: moto assigns any requested private IP, even one another ENI holds, so it never
+/// answers `InvalidIPAddress.InUse`. This stands in for the VPC CNI winning a race for an
+/// address: the first `rejections` AssignPrivateIpAddresses requests naming explicit addresses
+/// never reach moto (they are turned into a harmless DescribeRegions) and are answered with the
+/// error EC2 returns, recorded from EC2's documented error format. The addresses they named are
+/// kept in `rejected`.
+#[derive(Debug)]
+pub struct AssignRacesWithCni {
+    pub rejections: AtomicUsize,
+    pub rejected: Arc<Mutex<Vec<std::net::Ipv4Addr>>>,
+    rejecting: AtomicBool,
+}
+
+impl AssignRacesWithCni {
+    pub fn new(rejections: usize, rejected: Arc<Mutex<Vec<std::net::Ipv4Addr>>>) -> Self {
+        AssignRacesWithCni {
+            rejections: AtomicUsize::new(rejections),
+            rejected,
+            rejecting: AtomicBool::new(false),
+        }
+    }
+}
+
+fn address_in_use(ip: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+<Code>InvalidIPAddress.InUse</Code><Message>Address {ip} is in use.</Message></Error></Errors>\
+<RequestID>0b5e4c1d-3f7a-4e2b-8d61-2a9c7e5f1b30</RequestID></Response>"
+    )
+}
+
+impl Intercept for AssignRacesWithCni {
+    fn name(&self) -> &'static str {
+        "AssignRacesWithCni"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let request = context.request_mut();
+        let body = String::from_utf8_lossy(request.body().bytes().unwrap_or_default()).into_owned();
+        let addresses = query_list(&body, "PrivateIpAddress");
+        let rejecting = query_param(&body, "Action").as_deref() == Some("AssignPrivateIpAddresses")
+            && !addresses.is_empty()
+            && self
+                .rejections
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok();
+        self.rejecting.store(rejecting, Ordering::SeqCst);
+        if rejecting {
+            self.rejected.lock().unwrap().extend(
+                addresses
+                    .iter()
+                    .map(|ip| ip.parse::<std::net::Ipv4Addr>().unwrap()),
+            );
+            let harmless = "Action=DescribeRegions&Version=2016-11-15";
+            *request.body_mut() = harmless.into();
+            request
+                .headers_mut()
+                .insert("content-length", harmless.len().to_string());
+        }
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if self.rejecting.load(Ordering::SeqCst) {
+            let ips = self.rejected.lock().unwrap();
+            let ip = ips.last().map(ToString::to_string).unwrap_or_default();
+            let response = context.response_mut();
+            *response.status_mut() = 400u16.try_into()?;
+            response.headers_mut().remove("content-length");
+            *response.body_mut() = address_in_use(&ip).into();
+        }
+        Ok(())
+    }
 }
 
 // --- routes ---
