@@ -926,17 +926,39 @@ route_table_file: /tmp/x/table.yaml            # optional initial table (egw_pro
         assert_eq!(metrics.port_exhaustion_threshold, 0.5);
     }
 
-    /// The Kubernetes ConfigMap's `gateway.yaml` is what the DaemonSet passes to `--config`.
-    #[test]
-    fn the_kubernetes_configmap_is_a_valid_gateway_config() {
+    /// The `gateway.yaml` of a ConfigMap manifest under `deploy/kubernetes`, parsed and validated.
+    fn configmap_gateway_config(relative: &str) -> GatewayConfig {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../deploy/kubernetes/base/gateway-configmap.yaml");
+            .join("../../deploy/kubernetes")
+            .join(relative);
         let manifest: serde_yaml::Value =
             serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let embedded = manifest["data"]["gateway.yaml"]
             .as_str()
             .expect("the ConfigMap has data.gateway.yaml");
-        let config = parse(embedded).unwrap();
+        parse(embedded).unwrap_or_else(|error| panic!("{relative}: {error}"))
+    }
+
+    /// The EKS overlay's ConfigMap: one-armed on the primary ENI, same ports and paths.
+    #[test]
+    fn the_eks_configmap_is_a_valid_one_armed_gateway_config() {
+        let config = configmap_gateway_config("overlays/aws/gateway-config-eks.yaml");
+        assert!(config.one_armed());
+        assert_eq!(config.inside_interface, "eth0");
+        assert_eq!(
+            config.control.tcp.as_ref().map(|tcp| tcp.listen.port()),
+            Some(7443)
+        );
+        assert_eq!(
+            config.metrics.as_ref().map(|metrics| metrics.listen.port()),
+            Some(9464)
+        );
+    }
+
+    /// The Kubernetes ConfigMap's `gateway.yaml` is what the DaemonSet passes to `--config`.
+    #[test]
+    fn the_kubernetes_configmap_is_a_valid_gateway_config() {
+        let config = configmap_gateway_config("base/gateway-configmap.yaml");
         assert_eq!(
             config.metrics.as_ref().map(|metrics| metrics.listen.port()),
             Some(9464),

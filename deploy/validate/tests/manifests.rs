@@ -1,5 +1,6 @@
 //! Validates the real files under deploy/, and that the validator catches mistakes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use egw_deploy_validate::{
@@ -114,6 +115,31 @@ fn base_and_overlays_render_and_cross_reference() {
     };
     let annotations = account.metadata.annotations.clone().unwrap_or_default();
     assert!(annotations["eks.amazonaws.com/role-arn"].starts_with("arn:aws:iam::"));
+    // The controller patch turns the AWS manager on with a cluster name (the tag every EC2
+    // object egw creates carries); the flags read these variables.
+    let controller_env: BTreeMap<String, String> = aws
+        .patches
+        .iter()
+        .find_map(|(patch, _)| match &patch.object {
+            Object::Deployment(deployment) => Some(deployment),
+            _ => None,
+        })
+        .and_then(|deployment| deployment.spec.as_ref()?.template.spec.as_ref())
+        .map(|pod| {
+            pod.containers
+                .iter()
+                .flat_map(|container| container.env.clone().unwrap_or_default())
+                .map(|variable| (variable.name, variable.value.unwrap_or_default()))
+                .collect()
+        })
+        .expect("the aws overlay patches the controller Deployment");
+    assert_eq!(
+        controller_env.get("EGW_AWS").map(String::as_str),
+        Some("true")
+    );
+    assert!(controller_env
+        .get("EGW_CLUSTER_NAME")
+        .is_some_and(|name| !name.is_empty()));
 }
 
 #[test]
