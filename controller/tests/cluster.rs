@@ -547,6 +547,7 @@ async fn run_lists_acquires_the_lease_then_reconciles_and_stops_on_shutdown() {
         debounce: Duration::from_millis(10),
         resync_interval: Duration::from_secs(3600),
         http_address: None,
+        gateway_grpc_port: 7443,
     };
     let metrics = Metrics::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
