@@ -658,11 +658,12 @@ async fn cleanup_gives_back_routes_then_private_addresses_then_owned_addresses()
         released.unassigned_private_ips,
         [Ipv4Addr::new(10, 0, 1, 100), Ipv4Addr::new(10, 0, 2, 100)]
     );
-    let state = fake.state.lock().unwrap();
-    assert!(state.addresses.is_empty());
-    assert!(state.interfaces.is_empty());
-    assert!(state.routes.is_empty());
-    drop(state);
+    {
+        let state = fake.state.lock().unwrap();
+        assert!(state.addresses.is_empty());
+        assert!(state.interfaces.is_empty());
+        assert!(state.routes.is_empty());
+    }
 
     // A gateway that never had routes needs no route-table call to be cleaned up.
     let from = fake.calls().len();
