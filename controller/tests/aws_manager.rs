@@ -62,6 +62,7 @@ fn input(pool: AwsPool, pods: Vec<GatewayPod>) -> AwsGatewayInput {
         generation: Some(1),
         pool,
         pods,
+        drain: Duration::ZERO,
         stored_routes: Vec::new(),
         stored_failovers: Vec::new(),
     }
@@ -305,6 +306,70 @@ async fn an_unready_pod_fails_its_addresses_over() {
     assert!(outcome.new_failovers.is_empty());
     assert!(instance(&outcome, "gw-a").ready);
     assert_eq!(carried(&outcome)["gw-b"].len(), 3);
+}
+
+#[tokio::test]
+async fn an_unready_pod_drains_before_its_addresses_move() {
+    let fake = fake(8);
+    let mut manager = manager(&fake);
+    let start = Instant::now();
+    let mut gateway = input(allocate(2), vec![pod("gw-a", 1), pod("gw-b", 2)]);
+    gateway.drain = Duration::from_secs(30);
+    manager.reconcile_gateway(&gateway, start, wall()).await;
+    let before = fake.associations();
+
+    let mut failing = gateway.clone();
+    failing.pods[0].ready = false;
+    let draining = manager
+        .reconcile_gateway(&failing, start + Duration::from_secs(1), wall())
+        .await;
+    // No new flows on gw-a, but its address stays for the flows it has.
+    assert!(draining.new_failovers.is_empty());
+    assert_eq!(fake.associations(), before);
+    let a = instance(&draining, "gw-a");
+    assert!(!a.ready);
+    assert_eq!(a.addresses.len(), 1);
+    assert!(!a.addresses[0].ready);
+    // The end of the drain is when the gateway is due next.
+    assert_eq!(
+        egw_controller::aws::AwsBackend::next_due(&manager),
+        Some(start + Duration::from_secs(31))
+    );
+    let still = manager
+        .reconcile_gateway(&failing, start + Duration::from_secs(20), wall())
+        .await;
+    assert!(still.new_failovers.is_empty());
+
+    let drained = manager
+        .reconcile_gateway(&failing, start + Duration::from_secs(31), wall())
+        .await;
+    assert_eq!(drained.new_failovers.len(), 1);
+    assert_eq!(drained.new_failovers[0].reason, "pod not Ready");
+    assert_eq!(carried(&drained)["gw-b"].len(), 2);
+    assert!(carried(&drained)["gw-a"].is_empty());
+
+    // An EC2 instance going away has nothing to drain: its addresses move at once.
+    let mut gateway = gateway.clone();
+    gateway.generation = Some(2);
+    manager
+        .reconcile_gateway(&gateway, start + Duration::from_secs(40), wall())
+        .await;
+    fake.set_instance_state("i-0000000000000002a", InstanceState::ShuttingDown);
+    let mut stopping = gateway.clone();
+    stopping.pods[1].ready = false;
+    let moved = manager
+        .reconcile_gateway(&stopping, start + Duration::from_secs(41), wall())
+        .await;
+    let reasons: Vec<&str> = moved
+        .new_failovers
+        .iter()
+        .map(|failover| failover.reason.as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["EC2 instance shutting-down", "EC2 instance shutting-down"]
+    );
+    assert_eq!(carried(&moved)["gw-a"].len(), 2);
 }
 
 #[tokio::test]

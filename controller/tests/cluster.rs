@@ -669,6 +669,8 @@ fn aws_gateway(finalizers: &[&str], deleting: bool) -> EgressGateway {
     let spec: EgressGatewaySpec = serde_json::from_value(json!({
         "selector": {"matchLabels": {"app": "egw-gateway"}},
         "aws": {"elasticIps": {"allocate": 2}},
+        // Fail over at once (draining is the manager tests' business).
+        "health": {"drainSeconds": 0},
     }))
     .unwrap();
     let mut gateway = EgressGateway::new("egress", spec);

@@ -98,6 +98,9 @@ pub struct AwsGatewayInput {
     pub generation: Option<i64>,
     pub pool: AwsPool,
     pub pods: Vec<GatewayPod>,
+    /// `spec.health.drainSeconds`: how long an instance whose pod stopped being Ready keeps its
+    /// Elastic IPs (for its existing flows) before they move.
+    pub drain: Duration,
     /// `status.routes` as stored: the route target survives a controller restart, and routes
     /// are given back when `spec.aws.routes` was removed.
     pub stored_routes: Vec<RouteStatus>,
@@ -190,8 +193,8 @@ pub trait AwsBackend: Send + Sync {
 /// What the last pass of a gateway left.
 #[derive(Debug, Clone)]
 struct GatewayMemory {
-    /// `(generation, pool, pods)` of the last pass.
-    inputs: (Option<i64>, AwsPool, Vec<GatewayPod>),
+    /// `(generation, pool, pods, drain)` of the last pass.
+    inputs: (Option<i64>, AwsPool, Vec<GatewayPod>, Duration),
     last_pass: Instant,
     /// Consecutive failed passes.
     failures: u32,
@@ -201,6 +204,10 @@ struct GatewayMemory {
     /// ENI of each instance (by name) as last seen: an address on one of them is on this
     /// gateway even after the pod is gone.
     interfaces: BTreeMap<String, String>,
+    /// Since when each unhealthy instance (by name) has been unhealthy, for its drain.
+    unhealthy_since: BTreeMap<String, Instant>,
+    /// When the earliest drain ends (a pass is due then).
+    drain_until: Option<Instant>,
 }
 
 /// Manages the Elastic IPs, private addresses and routes of every AWS gateway.
@@ -324,6 +331,11 @@ where
     }
 
     fn due_at(&self, memory: &GatewayMemory) -> Instant {
+        let due = self.retry_or_resync_at(memory);
+        memory.drain_until.map_or(due, |drained| drained.min(due))
+    }
+
+    fn retry_or_resync_at(&self, memory: &GatewayMemory) -> Instant {
         if memory.failures == 0 {
             return memory.last_pass + self.options.resync_interval;
         }
@@ -343,7 +355,12 @@ where
         now: Instant,
         wall: Timestamp,
     ) -> AwsGatewayOutcome {
-        let inputs = (input.generation, input.pool.clone(), input.pods.clone());
+        let inputs = (
+            input.generation,
+            input.pool.clone(),
+            input.pods.clone(),
+            input.drain,
+        );
         if let Some(memory) = self.gateways.get(&input.name) {
             if memory.inputs == inputs && now < self.due_at(memory) {
                 return AwsGatewayOutcome {
@@ -375,9 +392,15 @@ where
 
         let mut pass = Pass {
             input,
+            now,
             outcome: AwsGatewayOutcome::default(),
             route_target: previous_target,
             interfaces: known_interfaces,
+            unhealthy_since: previous
+                .as_ref()
+                .map(|memory| memory.unhealthy_since.clone())
+                .unwrap_or_default(),
+            drain_until: None,
         };
         let result = self.pass(&mut pass, had_routes).await;
         let mut outcome = pass.outcome;
@@ -436,6 +459,8 @@ where
                 history,
                 route_target: pass.route_target,
                 interfaces: pass.interfaces,
+                unhealthy_since: pass.unhealthy_since,
+                drain_until: pass.drain_until,
             },
         );
         outcome
@@ -495,12 +520,14 @@ where
         for (name, interface) in &pass.interfaces {
             own_interfaces.insert(interface.clone(), name.clone());
         }
+        let mut running: BTreeSet<&str> = BTreeSet::new();
         for pod in &pods {
             let mut why = pod_unhealthy(pod);
             if let Ok(instance_id) = &pod.instance_id {
                 match descriptions.get(instance_id).and_then(Option::as_ref) {
                     None => {
-                        why = why.or(Some(Unhealthy::Gone));
+                        // The EC2 side is the root cause when both are wrong.
+                        why = Some(Unhealthy::Gone);
                     }
                     Some(description) => {
                         existing_instances.insert(instance_id.clone());
@@ -509,15 +536,40 @@ where
                                 .entry(interface.network_interface_id.clone())
                                 .or_insert_with(|| pod.name.clone());
                         }
-                        if description.state != InstanceState::Running {
-                            why = why.or(Some(Unhealthy::Ec2State(ec2_state_name(
-                                &description.state,
-                            ))));
+                        if description.state == InstanceState::Running {
+                            running.insert(pod.name.as_str());
+                        } else {
+                            why = Some(Unhealthy::Ec2State(ec2_state_name(&description.state)));
                         }
                     }
                 }
             }
             unhealthy.insert(pod.name.as_str(), why);
+        }
+
+        // Drains: an instance on a running EC2 instance whose pod stopped being Ready (or is
+        // terminating) keeps its addresses for `drain`; one whose EC2 instance is going away
+        // has nothing to drain.
+        let now = pass.now;
+        pass.unhealthy_since
+            .retain(|name, _| unhealthy.get(name.as_str()).is_some_and(Option::is_some));
+        let mut draining: BTreeSet<String> = BTreeSet::new();
+        for (name, why) in &unhealthy {
+            let Some(why) = why else {
+                continue;
+            };
+            let since = *pass
+                .unhealthy_since
+                .entry((*name).to_owned())
+                .or_insert(now);
+            let drains = matches!(why, Unhealthy::PodNotReady | Unhealthy::PodTerminating)
+                && running.contains(name);
+            let until = since + input.drain;
+            if drains && now < until {
+                draining.insert((*name).to_owned());
+                pass.drain_until =
+                    Some(pass.drain_until.map_or(until, |earlier| earlier.min(until)));
+            }
         }
 
         // Where each address is now.
@@ -573,6 +625,7 @@ where
                     .iter()
                     .map(|pod| PlanInstance {
                         name: pod.name.clone(),
+                        draining: draining.contains(&pod.name),
                         unhealthy: limited
                             .get(&pod.name)
                             .map(|why| Unhealthy::LimitExceeded(why.clone()))
@@ -916,9 +969,12 @@ where
 /// The state of a pass in progress.
 struct Pass<'a> {
     input: &'a AwsGatewayInput,
+    now: Instant,
     outcome: AwsGatewayOutcome,
     route_target: Option<String>,
     interfaces: BTreeMap<String, String>,
+    unhealthy_since: BTreeMap<String, Instant>,
+    drain_until: Option<Instant>,
 }
 
 /// Pairs each address with a private IP of `interface`: existing pairings first, then the

@@ -7,6 +7,9 @@
 //!   instance carrying the fewest so far, ties to the smaller name.
 //! * **Failover.** An address taken off one of the gateway's instances is a [`Move`], with the
 //!   reason that instance cannot keep it.
+//! * **Draining.** An instance that stopped being healthy but is still draining
+//!   (`spec.health.drainSeconds` after its pod stopped being Ready) keeps the addresses it has,
+//!   so its existing flows can finish; it gets no new ones. They move when the drain is over.
 //! * **Nothing healthy.** No address is placed (each stays where it is: an Elastic IP on a failed
 //!   instance carries no new flows, because the instance gets no pods, and keeping it there saves
 //!   a move when the instance comes back).
@@ -66,6 +69,8 @@ pub struct PlanInstance {
     pub name: String,
     /// `None`: healthy.
     pub unhealthy: Option<Unhealthy>,
+    /// Unhealthy, but keeps the addresses it carries until its drain is over.
+    pub draining: bool,
 }
 
 /// The planner's input.
@@ -99,6 +104,8 @@ pub struct Plan {
     pub route_target: Option<String>,
     /// Usable addresses that were not placed (no healthy instance), sorted.
     pub unplaced: Vec<String>,
+    /// Addresses left on draining instances, sorted.
+    pub draining: Vec<String>,
 }
 
 /// Plans the placement of `input.addresses` on `input.instances`.
@@ -135,6 +142,13 @@ pub fn plan(input: &PlanInput) -> Plan {
                 plan.placements
                     .insert(address.allocation_id.clone(), current.to_owned());
                 *counts.entry(current.to_owned()).or_default() += 1;
+            }
+            Some(current)
+                if instances
+                    .get(current)
+                    .is_some_and(|instance| instance.draining) =>
+            {
+                plan.draining.push(address.allocation_id.clone());
             }
             _ => homeless.push(address),
         }
@@ -201,6 +215,7 @@ mod tests {
         PlanInstance {
             name: name.to_owned(),
             unhealthy: None,
+            draining: false,
         }
     }
 
@@ -208,6 +223,7 @@ mod tests {
         PlanInstance {
             name: name.to_owned(),
             unhealthy: Some(why),
+            draining: false,
         }
     }
 
@@ -346,6 +362,27 @@ mod tests {
         assert!(plan.counts.is_empty());
         assert_eq!(plan.unplaced, ["eipalloc-a", "eipalloc-b"]);
         assert_eq!(plan.route_target, None);
+    }
+
+    #[test]
+    fn draining_instances_keep_their_addresses_but_get_no_new_ones() {
+        let mut draining = sick("gw-a", Unhealthy::PodNotReady);
+        draining.draining = true;
+        let input = PlanInput {
+            addresses: vec![
+                address("eipalloc-a", 1, Some("gw-a")),
+                address("eipalloc-b", 2, None),
+            ],
+            instances: vec![draining, healthy("gw-b")],
+            previous_route_target: Some("gw-a".to_owned()),
+        };
+        let plan = plan(&input);
+        assert_eq!(placements(&plan), [("eipalloc-b", "gw-b")]);
+        assert_eq!(plan.draining, ["eipalloc-a"]);
+        assert!(plan.moves.is_empty());
+        assert!(!plan.counts.contains_key("gw-a"));
+        // Routes do not wait: new flows must go to a healthy instance.
+        assert_eq!(plan.route_target.as_deref(), Some("gw-b"));
     }
 
     #[test]

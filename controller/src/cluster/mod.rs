@@ -618,6 +618,7 @@ impl Reconciler {
                 generation: gateway.metadata.generation,
                 pool,
                 pods,
+                drain: Duration::from_secs(u64::from(gateway.spec.health.drain_seconds)),
                 stored_routes: stored.routes,
                 stored_failovers: stored.failovers,
             };
