@@ -207,7 +207,15 @@ async fn unchanged_inputs_make_no_calls_until_the_resync() {
     let again = manager
         .reconcile_gateway(&gateway, start + Duration::from_secs(30), wall())
         .await;
-    assert_eq!(again, first);
+    assert!(first.fresh);
+    assert!(!again.fresh);
+    assert_eq!(
+        again,
+        AwsGatewayOutcome {
+            fresh: false,
+            ..first.clone()
+        }
+    );
     assert_eq!(
         fake.calls().len(),
         calls,
@@ -471,6 +479,7 @@ async fn a_provider_error_is_reported_and_retried_with_backoff() {
         .reconcile_gateway(&gateway, start + Duration::from_secs(1), wall())
         .await;
     assert_eq!(early.problem, outcome.problem);
+    assert!(!early.fresh);
     assert_eq!(fake.calls().len(), calls);
 
     // After it: retried, and it works.
@@ -529,6 +538,31 @@ async fn no_healthy_instance_places_nothing_and_says_so() {
     assert!(fake.associations().is_empty());
     assert!(outcome.instances.iter().all(|instance| !instance.ready));
     assert_eq!(instance(&outcome, "gw-b").instance_id, None);
+    // gw-b's instance is unknown: nothing is pruned (it might still hold gw-b's addresses).
+    assert!(!fake
+        .operations_since(0)
+        .contains(&"prune_private_addresses".to_owned()));
+}
+
+#[tokio::test]
+async fn a_second_pod_on_the_same_instance_carries_nothing() {
+    let fake = fake(8);
+    let mut manager = manager(&fake);
+    let mut twin = pod("gw-b", 1);
+    twin.endpoint = Some("10.0.1.11:7443".to_owned());
+    let gateway = input(allocate(2), vec![pod("gw-a", 1), twin]);
+    let outcome = manager
+        .reconcile_gateway(&gateway, Instant::now(), wall())
+        .await;
+    assert_eq!(outcome.problem, None);
+    assert_eq!(carried(&outcome)["gw-a"].len(), 2);
+    assert!(!instance(&outcome, "gw-b").ready);
+    let ensures: Vec<String> = fake
+        .calls()
+        .into_iter()
+        .filter(|call| call.starts_with("ensure_private_addresses"))
+        .collect();
+    assert_eq!(ensures, ["ensure_private_addresses i-0000000000000001a 2"]);
 }
 
 #[tokio::test]

@@ -149,6 +149,8 @@ pub struct AwsGatewayOutcome {
     pub failovers: Vec<FailoverStatus>,
     /// Failovers of this very pass (empty when the last outcome was reused), for Events.
     pub new_failovers: Vec<FailoverStatus>,
+    /// A pass ran for this outcome (`false`: the last outcome was reused).
+    pub fresh: bool,
     /// The main problem, if any.
     pub problem: Option<AwsProblem>,
     /// Lesser problems (addresses that cannot be used, ...), for the Degraded condition.
@@ -365,6 +367,7 @@ where
             if memory.inputs == inputs && now < self.due_at(memory) {
                 return AwsGatewayOutcome {
                     new_failovers: Vec::new(),
+                    fresh: false,
                     ..memory.outcome.clone()
                 };
             }
@@ -441,6 +444,7 @@ where
         }
         outcome.new_failovers = new_failovers;
         outcome.failovers = history.iter().cloned().collect();
+        outcome.fresh = true;
         let failures = if failed {
             previous.as_ref().map_or(0, |memory| memory.failures) + 1
         } else {
@@ -524,6 +528,16 @@ where
         for pod in &pods {
             let mut why = pod_unhealthy(pod);
             if let Ok(instance_id) = &pod.instance_id {
+                // egw's private addresses are per (gateway, EC2 instance): two pods of one
+                // gateway on one instance would fight over their count.
+                if let Some(owner) = instance_owner
+                    .get(instance_id)
+                    .filter(|owner| **owner != pod.name)
+                {
+                    why = Some(Unhealthy::Unidentified(format!(
+                        "gateway pod `{owner}` already runs on EC2 instance {instance_id}"
+                    )));
+                }
                 match descriptions.get(instance_id).and_then(Option::as_ref) {
                     None => {
                         // The EC2 side is the root cause when both are wrong.
@@ -668,6 +682,8 @@ where
             }
             break plan;
         };
+        // Instances whose addresses were all planned away while the plan was redone.
+        interfaces.retain(|name, (count, _)| plan.counts.get(name) == Some(count));
         for (name, (_, interface)) in &interfaces {
             pass.interfaces
                 .insert(name.clone(), interface.network_interface_id.clone());
@@ -876,7 +892,24 @@ where
             None => pass.route_target = None,
         }
 
-        // Instances no longer running a gateway pod give their private addresses back.
+        // Instances no longer running a gateway pod give their private addresses back. Not while
+        // some pod's instance is unknown (a failed node read must not strip a live instance).
+        let unidentified: Vec<&str> = pods
+            .iter()
+            .filter(|pod| pod.instance_id.is_err())
+            .map(|pod| pod.name.as_str())
+            .collect();
+        if !unidentified.is_empty() {
+            tracing::info!(
+                gateway = %input.name,
+                pods = ?unidentified,
+                "not pruning private addresses while these pods' EC2 instances are unknown"
+            );
+            let live: BTreeSet<&str> = pods.iter().map(|pod| pod.name.as_str()).collect();
+            pass.interfaces
+                .retain(|name, _| live.contains(name.as_str()));
+            return Ok(());
+        }
         let keep: Vec<String> = existing_instances.into_iter().collect();
         let pruned = self.record(
             "prune_private_addresses",

@@ -628,7 +628,7 @@ impl Reconciler {
             let outcome = aws
                 .reconcile_gateway(&input, std::time::Instant::now(), now)
                 .await;
-            if let Some(problem) = &outcome.problem {
+            if let Some(problem) = outcome.problem.as_ref().filter(|_| outcome.fresh) {
                 if problem.reason == AwsReason::AwsError {
                     self.metrics.error(ErrorReason::Aws);
                     report
