@@ -969,3 +969,107 @@ async fn without_aws_an_aws_gateway_fails_closed_and_says_how_to_fix_it() {
     assert_eq!(reasons, ["GatewayNotReady", "AwsNotEnabled"]);
     assert_eq!(calls[2].body["type"], "Warning");
 }
+
+/// A failed AWS pass is retried by cluster mode itself (no watch event, no resync needed).
+#[tokio::test]
+async fn run_retries_a_failed_aws_pass_after_its_backoff() {
+    let gateway = aws_gateway(&[GATEWAY_FINALIZER], false);
+    let gateway_json = serde_json::to_value(&gateway).unwrap();
+    let pod_json = serde_json::to_value(gateway_pod("gw-0", 1, true)).unwrap();
+    let stored_lease: Mutex<Option<Value>> = Mutex::new(None);
+    let (client, _seen, server) = mocked_with_pending(move |call| {
+        let path = call.uri.split('?').next().unwrap();
+        if call.uri.contains("watch=true") {
+            return None;
+        }
+        let list = |kind: &str, api_version: &str, items: Vec<Value>| {
+            Some((
+                200,
+                json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "100"}, "items": items}),
+            ))
+        };
+        match (call.method.as_str(), path) {
+            ("GET", "/api/v1/pods") => list("PodList", "v1", vec![pod_json.clone()]),
+            ("GET", "/api/v1/namespaces") => list("NamespaceList", "v1", vec![]),
+            ("GET", "/apis/egw.dev/v1alpha1/egressgateways") => list(
+                "EgressGatewayList",
+                "egw.dev/v1alpha1",
+                vec![gateway_json.clone()],
+            ),
+            ("GET", "/apis/egw.dev/v1alpha1/egressgatewaypolicies") => {
+                list("EgressGatewayPolicyList", "egw.dev/v1alpha1", vec![])
+            }
+            ("GET", "/api/v1/nodes/node-1") => Some((200, aws_node(1))),
+            ("GET", _) if path.starts_with(LEASE_PATH) => {
+                let lease = stored_lease.lock().unwrap().clone();
+                Some(lease.map_or_else(not_found, |lease| (200, lease)))
+            }
+            ("POST" | "PUT", _) if path.starts_with(LEASE_PATH) => {
+                let mut lease = call.body.clone();
+                lease["metadata"]["resourceVersion"] = json!("7");
+                *stored_lease.lock().unwrap() = Some(lease.clone());
+                Some((if call.method == "POST" { 201 } else { 200 }, lease))
+            }
+            ("PATCH", _) => {
+                let mut object = gateway_json.clone();
+                object["status"] = call.body["status"].clone();
+                Some((200, object))
+            }
+            ("POST", _) => Some((201, call.body.clone())),
+            _ => Some((500, json!({}))),
+        }
+    });
+    let fake = aws_fake();
+    fake.fail_next("ensure_addresses", fake_aws::retryable("DescribeAddresses"));
+    let manager = AwsManager::new(
+        fake.clone(),
+        AwsOptions {
+            retry_base: Duration::from_millis(200),
+            ..AwsOptions::new("prod-eu".to_owned())
+        },
+        Metrics::new(),
+    );
+    let options = egw_controller::cluster::ClusterOptions {
+        push: PushOptions::default(),
+        lease: LeaseOptions {
+            renew_interval: Duration::from_millis(100),
+            ..lease_options()
+        },
+        debounce: Duration::from_millis(10),
+        resync_interval: Duration::from_secs(3600),
+        http_address: None,
+        gateway_grpc_port: 7443,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(egw_controller::cluster::run_with_aws(
+        client,
+        options,
+        Metrics::new(),
+        Some(Box::new(manager)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut associated = false;
+    for _ in 0..500 {
+        if fake.associations().len() == 2 {
+            associated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("cluster mode stops on shutdown")
+        .unwrap()
+        .unwrap();
+    drop(server);
+    assert!(associated, "no retry: {:#?}", fake.calls());
+    let passes = fake
+        .operations_since(0)
+        .iter()
+        .filter(|operation| *operation == "ensure_addresses")
+        .count();
+    assert!(passes >= 2, "{:#?}", fake.calls());
+}

@@ -566,15 +566,9 @@ impl Reconciler {
             .iter()
             .filter(|gateway| gateway.spec.static_pool.is_none() && !is_deleting(gateway.as_ref()))
             .collect();
-        if let Some(aws) = self.aws.as_mut() {
-            let names: BTreeSet<String> = state
-                .gateways
-                .iter()
-                .filter(|gateway| gateway.spec.aws.is_some())
-                .map(|gateway| gateway.name_any())
-                .collect();
-            aws.retain(&names);
-        }
+        // Gateways passed to the manager this time; it forgets the others, so that no stale
+        // memory (a deleted gateway, one whose selector broke) keeps asking for passes.
+        let mut managed = BTreeSet::new();
         for gateway in gateways {
             let name = gateway.name_any();
             let Some(pool) = gateway.spec.aws.clone() else {
@@ -625,6 +619,7 @@ impl Reconciler {
             let Some(aws) = self.aws.as_mut() else {
                 continue;
             };
+            managed.insert(name.clone());
             let outcome = aws
                 .reconcile_gateway(&input, std::time::Instant::now(), now)
                 .await;
@@ -637,6 +632,9 @@ impl Reconciler {
                 }
             }
             outcomes.insert(name, outcome);
+        }
+        if let Some(aws) = self.aws.as_mut() {
+            aws.retain(&managed);
         }
         outcomes
     }
@@ -983,10 +981,17 @@ pub async fn run(
     run_with_aws(client, options, metrics, None, shutdown).await
 }
 
-/// Completes at `due`, or never.
-async fn sleep_until(due: Option<std::time::Instant>) {
+/// Shortest time between a reconcile and one woken for an AWS gateway's next pass: a due time
+/// that is already past (which a pass would have moved) must not turn the loop into a busy one.
+const MIN_AWS_WAIT: Duration = Duration::from_millis(500);
+
+/// Completes at `due`, but not before [`MIN_AWS_WAIT`] after `last_reconcile`; or never.
+async fn sleep_until(due: Option<std::time::Instant>, last_reconcile: tokio::time::Instant) {
     match due {
-        Some(due) => tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await,
+        Some(due) => {
+            let earliest = last_reconcile + MIN_AWS_WAIT;
+            tokio::time::sleep_until(tokio::time::Instant::from_std(due).max(earliest)).await;
+        }
         None => std::future::pending().await,
     }
 }
@@ -1090,6 +1095,7 @@ pub async fn run_with_aws(
     let mut resync = tokio::time::interval(options.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading = false;
+    let mut last_reconcile = tokio::time::Instant::now();
     loop {
         health.beat();
         let mut due = false;
@@ -1120,7 +1126,10 @@ pub async fn run_with_aws(
             }
             _ = resync.tick() => due = true,
             // An AWS gateway's retry (after a failed pass) or resync.
-            () = sleep_until(reconciler.aws_due().filter(|_| leading)) => due = true,
+            () = sleep_until(
+                reconciler.aws_due().filter(|_| leading && elector.is_leader()),
+                last_reconcile,
+            ) => due = true,
         }
         if due && leading && elector.is_leader() {
             let state = ClusterState {
@@ -1130,6 +1139,7 @@ pub async fn run_with_aws(
                 policies: policies.state(),
             };
             reconciler.reconcile(&state, Timestamp::now()).await;
+            last_reconcile = tokio::time::Instant::now();
         }
     }
     reconciler.step_down();
