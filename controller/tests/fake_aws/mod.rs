@@ -33,6 +33,9 @@ pub struct FakeInstance {
     pub primary_ip: Ipv4Addr,
     /// Most egw private addresses the instance type can hold.
     pub limit: u32,
+    /// Secondary private IPs that exist on `primary_eni` elsewhere (a moto ENI): egw's private
+    /// addresses are taken from these, in order, instead of being made up.
+    pub preset_private_ips: Option<Vec<Ipv4Addr>>,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +91,29 @@ impl FakeAws {
                 primary_eni: format!("eni-primary-{index}"),
                 primary_ip: Ipv4Addr::new(10, 0, index, 10),
                 limit,
+                preset_private_ips: None,
+            },
+        );
+    }
+
+    /// Adds a running instance whose primary ENI and secondary private IPs exist elsewhere
+    /// (e.g. in moto), so that real Elastic IP associations can target them.
+    pub fn add_instance_on(
+        &self,
+        instance_id: &str,
+        eni: &str,
+        primary_ip: Ipv4Addr,
+        secondary_ips: Vec<Ipv4Addr>,
+    ) {
+        let mut state = self.state.lock().unwrap();
+        state.instances.insert(
+            instance_id.to_owned(),
+            FakeInstance {
+                state: InstanceState::Running,
+                primary_eni: eni.to_owned(),
+                primary_ip,
+                limit: u32::try_from(secondary_ips.len()).unwrap(),
+                preset_private_ips: Some(secondary_ips),
             },
         );
     }
@@ -442,8 +468,16 @@ impl InterfaceProvider for FakeAws {
         ips.truncate(count);
         let third = instance.primary_ip.octets()[2];
         let mut host = 100;
+        let mut preset = instance
+            .preset_private_ips
+            .clone()
+            .unwrap_or_default()
+            .into_iter();
         while ips.len() < count {
-            let candidate = Ipv4Addr::new(10, 0, third, host);
+            let candidate = match &instance.preset_private_ips {
+                Some(_) => preset.next().unwrap(),
+                None => Ipv4Addr::new(10, 0, third, host),
+            };
             if !ips.contains(&candidate) {
                 ips.push(candidate);
             }
