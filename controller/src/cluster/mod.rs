@@ -56,6 +56,8 @@ pub const FIELD_MANAGER: &str = "egw-controller";
 pub const GATEWAY_FINALIZER: &str = "egw.dev/cleanup";
 /// Longest Event note the API server accepts.
 const MAX_NOTE: usize = 1024;
+/// How long a node's EC2 instance ID is trusted before the Node is read again.
+const NODE_CACHE_TTL: Duration = Duration::from_secs(120);
 
 /// Settings of [`run`].
 #[derive(Debug, Clone)]
@@ -223,8 +225,11 @@ pub struct Reconciler {
     /// The AWS address manager (`--aws`); without it AWS gateways fail closed.
     aws: Option<Box<dyn AwsBackend>>,
     gateway_grpc_port: u16,
-    /// EC2 instance ID per node name (providerID is immutable).
-    node_instances: BTreeMap<String, String>,
+    /// EC2 instance ID per node name, with when it was read. A Node's providerID is immutable,
+    /// but a node name can come back as a new Node on another instance (EKS names nodes after
+    /// their private IP), so entries expire after [`NODE_CACHE_TTL`] and are dropped once no
+    /// gateway pod runs on the node.
+    node_instances: BTreeMap<String, (String, std::time::Instant)>,
     /// Warning gateway Events already published; like diagnostics, published again only after
     /// they went away and came back.
     published_gateway_events: BTreeSet<GatewayEvent>,
@@ -476,7 +481,12 @@ impl Reconciler {
         node: &str,
         report: &mut ReconcileReport,
     ) -> Result<String, String> {
-        if let Some(instance_id) = self.node_instances.get(node) {
+        let now = std::time::Instant::now();
+        if let Some((instance_id, _)) = self
+            .node_instances
+            .get(node)
+            .filter(|(_, read)| now.duration_since(*read) < NODE_CACHE_TTL)
+        {
             return Ok(instance_id.clone());
         }
         let api: Api<Node> = Api::all(self.client.clone());
@@ -495,7 +505,7 @@ impl Reconciler {
                 match parsed {
                     Ok(instance_id) => {
                         self.node_instances
-                            .insert(node.to_owned(), instance_id.clone());
+                            .insert(node.to_owned(), (instance_id.clone(), now));
                         Ok(instance_id)
                     }
                     Err(error) => Err(format!("node {node}: {error}")),
@@ -636,6 +646,13 @@ impl Reconciler {
         if let Some(aws) = self.aws.as_mut() {
             aws.retain(&managed);
         }
+        let gateway_nodes: BTreeSet<&str> = outcomes
+            .values()
+            .flat_map(|outcome| &outcome.instances)
+            .filter_map(|instance| instance.node.as_deref())
+            .collect();
+        self.node_instances
+            .retain(|node, _| gateway_nodes.contains(node.as_str()));
         outcomes
     }
 
