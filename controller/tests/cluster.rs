@@ -868,7 +868,8 @@ async fn deleting_an_aws_gateway_cleans_up_before_releasing_the_finalizer() {
     let gateway = aws_gateway(&[GATEWAY_FINALIZER], false);
     let (client, server) = aws_api(&gateway);
     let fake = aws_fake();
-    let mut reconciler = aws_reconciler(client, &fake);
+    let mut reconciler =
+        aws_reconciler(client, &fake).with_cleanup_retry_base(Duration::from_millis(50));
     let pods = vec![
         Arc::new(gateway_pod("gw-0", 1, true)),
         Arc::new(gateway_pod("gw-1", 2, true)),
@@ -898,8 +899,17 @@ async fn deleting_an_aws_gateway_cleans_up_before_releasing_the_finalizer() {
         .iter()
         .any(|error| error.contains("UnauthorizedOperation")));
     assert_eq!(fake.state.lock().unwrap().addresses.len(), 2);
+    assert!(reconciler.aws_due().is_some());
 
-    // The retry succeeds: everything is given back, then the finalizer goes.
+    // Reconciles during the backoff (pod churn) do not retry it, nor repeat the Event.
+    let calls = fake.calls().len();
+    let report = reconciler.reconcile(&deleting, now()).await;
+    assert_eq!(report.finalizers_changed, 0);
+    assert_eq!(report.events_published, 0);
+    assert_eq!(fake.calls().len(), calls);
+
+    // After the backoff the retry succeeds: everything is given back, then the finalizer goes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let report = reconciler.reconcile(&deleting, now()).await;
     assert!(non_push_errors(&report).is_empty(), "{:?}", report.errors);
     assert_eq!(report.finalizers_changed, 1);

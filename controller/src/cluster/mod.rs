@@ -199,6 +199,28 @@ pub struct ReconcileReport {
     pub errors: Vec<String>,
 }
 
+/// A failed cleanup of a deleted gateway, retried with backoff (not on every reconcile: pod
+/// churn must not hammer EC2 with a cleanup that lacks a permission).
+#[derive(Debug, Clone)]
+struct CleanupRetry {
+    failures: u32,
+    next: std::time::Instant,
+    why: String,
+}
+
+/// First delay before retrying a failed cleanup; doubled per failure up to [`CLEANUP_RETRY_MAX`].
+pub const CLEANUP_RETRY_BASE: Duration = Duration::from_secs(5);
+const CLEANUP_RETRY_MAX: Duration = Duration::from_secs(300);
+
+fn cleanup_failed_event(gateway: &str, why: &str) -> GatewayEvent {
+    GatewayEvent {
+        gateway: gateway.to_owned(),
+        warning: true,
+        reason: "CleanupFailed".to_owned(),
+        note: format!("{why}; the egw.dev/cleanup finalizer is kept and the cleanup retried"),
+    }
+}
+
 /// One Event about an EgressGateway that is not a translation diagnostic (AWS problems,
 /// failovers, cleanup failures).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -233,6 +255,9 @@ pub struct Reconciler {
     /// Warning gateway Events already published; like diagnostics, published again only after
     /// they went away and came back.
     published_gateway_events: BTreeSet<GatewayEvent>,
+    /// Deleted gateways whose cleanup failed, by name.
+    cleanup_retries: BTreeMap<String, CleanupRetry>,
+    cleanup_retry_base: Duration,
 }
 
 fn truncate(text: &str, limit: usize) -> String {
@@ -272,6 +297,8 @@ impl Reconciler {
             gateway_grpc_port: DEFAULT_GATEWAY_GRPC_PORT,
             node_instances: BTreeMap::new(),
             published_gateway_events: BTreeSet::new(),
+            cleanup_retries: BTreeMap::new(),
+            cleanup_retry_base: CLEANUP_RETRY_BASE,
         }
     }
 
@@ -281,15 +308,27 @@ impl Reconciler {
         self
     }
 
+    /// First delay before a failed cleanup is retried (default [`CLEANUP_RETRY_BASE`]).
+    pub fn with_cleanup_retry_base(mut self, base: Duration) -> Reconciler {
+        self.cleanup_retry_base = base;
+        self
+    }
+
     /// Port AWS gateway instances are pushed to (`<pod IP>:<port>`).
     pub fn with_gateway_grpc_port(mut self, port: u16) -> Reconciler {
         self.gateway_grpc_port = port;
         self
     }
 
-    /// When an AWS gateway is next due for a pass (a retry after a failure, or a resync).
+    /// When an AWS gateway is next due for a pass (a retry after a failure, a drain's end, a
+    /// resync) or a failed cleanup for its retry.
     pub fn aws_due(&self) -> Option<std::time::Instant> {
-        self.aws.as_ref().and_then(|aws| aws.next_due())
+        let cleanup = self.cleanup_retries.values().map(|retry| retry.next).min();
+        let pass = self.aws.as_ref().and_then(|aws| aws.next_due());
+        match (cleanup, pass) {
+            (Some(cleanup), Some(pass)) => Some(cleanup.min(pass)),
+            (cleanup, pass) => cleanup.or(pass),
+        }
     }
 
     /// Stops pushing and forgets published Events (after losing leadership).
@@ -298,6 +337,7 @@ impl Reconciler {
         self.published.clear();
         self.written.clear();
         self.published_gateway_events.clear();
+        self.cleanup_retries.clear();
         if let Some(aws) = self.aws.as_mut() {
             aws.clear();
         }
@@ -378,6 +418,14 @@ impl Reconciler {
         report: &mut ReconcileReport,
     ) {
         let api: Api<EgressGateway> = Api::all(self.client.clone());
+        let deleting: BTreeSet<String> = state
+            .gateways
+            .iter()
+            .filter(|gateway| is_deleting(gateway.as_ref()))
+            .map(|gateway| gateway.name_any())
+            .collect();
+        self.cleanup_retries
+            .retain(|name, _| deleting.contains(name));
         for gateway in &state.gateways {
             let name = gateway.name_any();
             let finalizers = gateway.finalizers();
@@ -388,20 +436,41 @@ impl Reconciler {
                 if !has {
                     continue;
                 }
+                let now = std::time::Instant::now();
+                if let Some(retry) = self
+                    .cleanup_retries
+                    .get(&name)
+                    .filter(|retry| now < retry.next)
+                {
+                    // Backing off: the finalizer stays, the Warning stays published.
+                    events.push(cleanup_failed_event(&name, &retry.why));
+                    continue;
+                }
                 if let Err(why) = self.cleanup_gateway(gateway).await {
                     report
                         .errors
                         .push(format!("cleanup of EgressGateway {name}: {why}"));
-                    events.push(GatewayEvent {
-                        gateway: name,
-                        warning: true,
-                        reason: "CleanupFailed".to_owned(),
-                        note: format!(
-                            "{why}; the egw.dev/cleanup finalizer is kept and the cleanup retried"
-                        ),
-                    });
+                    events.push(cleanup_failed_event(&name, &why));
+                    let failures = self
+                        .cleanup_retries
+                        .get(&name)
+                        .map_or(0, |retry| retry.failures)
+                        + 1;
+                    let delay = self
+                        .cleanup_retry_base
+                        .saturating_mul(1 << (failures - 1).min(10))
+                        .min(CLEANUP_RETRY_MAX);
+                    self.cleanup_retries.insert(
+                        name,
+                        CleanupRetry {
+                            failures,
+                            next: now + delay,
+                            why,
+                        },
+                    );
                     continue;
                 }
+                self.cleanup_retries.remove(&name);
                 finalizers
                     .iter()
                     .filter(|finalizer| *finalizer != GATEWAY_FINALIZER)
