@@ -244,3 +244,36 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_flags_need_a_cluster_name_and_default_sensibly() {
+        let missing = Args::try_parse_from(["egw-controller", "--aws"]);
+        assert!(missing.is_err());
+        let region_alone = Args::try_parse_from(["egw-controller", "--aws-region", "eu-west-1"]);
+        assert!(region_alone.is_err());
+        let empty = Args::try_parse_from(["egw-controller", "--aws", "--cluster-name", " "]);
+        assert!(empty.is_err());
+        let args = Args::try_parse_from([
+            "egw-controller",
+            "--aws",
+            "--cluster-name",
+            "prod-eu",
+            "--aws-endpoint-url",
+            "https://ec2.eu-west-1.amazonaws.com",
+        ])
+        .unwrap();
+        assert!(args.aws);
+        assert_eq!(args.cluster_name.as_deref(), Some("prod-eu"));
+        assert_eq!(args.aws_resync_seconds, 60);
+        assert_eq!(
+            args.gateway_grpc_port,
+            egw_controller::aws::DEFAULT_GATEWAY_GRPC_PORT
+        );
+        let plain = Args::try_parse_from(["egw-controller"]).unwrap();
+        assert!(!plain.aws);
+    }
+}
