@@ -8,6 +8,14 @@
 //!   [`GatewayPusher`], writes status with server-side apply (field manager `egw-controller`),
 //!   publishes each new diagnostic once as an Event, and keeps the `egw.dev/cleanup` finalizer on
 //!   every EgressGateway (removing it after the cleanup hook when the gateway is deleted).
+//! * AWS gateways (`spec.aws`, with `--aws`): before translating, the [`AwsBackend`] places
+//!   their Elastic IPs on their gateway pods (pods in `spec.namespace` matching `spec.selector`,
+//!   pushed to at `<pod IP>:<gateway gRPC port>`, their EC2 instance read once from the Node's
+//!   `spec.providerID`). Its outcome is the gateway's instances for the translation and for
+//!   `status`; failovers become Normal `Failover` Events, problems Warning Events. A deleted AWS
+//!   gateway keeps the finalizer until its routes, private addresses and allocated Elastic IPs
+//!   are given back (`CleanupFailed` Events and backoff otherwise). Without `--aws` an AWS
+//!   gateway has no instances: its pods are denied and its status says why.
 //! * Only the holder of the leader Lease reconciles ([`leader`]); a replica that loses it stops
 //!   its pushers at once.
 //! * A full reconcile also runs every [`ClusterOptions::resync_interval`], retrying writes that
@@ -208,7 +216,7 @@ struct CleanupRetry {
     why: String,
 }
 
-/// First delay before retrying a failed cleanup; doubled per failure up to [`CLEANUP_RETRY_MAX`].
+/// First delay before retrying a failed cleanup; doubled per failure up to five minutes.
 pub const CLEANUP_RETRY_BASE: Duration = Duration::from_secs(5);
 const CLEANUP_RETRY_MAX: Duration = Duration::from_secs(300);
 
