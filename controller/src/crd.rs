@@ -143,6 +143,7 @@ pub struct StaticInstance {
 
 /// External addresses from AWS Elastic IPs.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = kube::core::Rule::new("(!has(self.subnetId) && !has(self.securityGroupIds)) || (has(self.eniMode) && self.eniMode == 'EniPerGateway')").message("`subnetId` and `securityGroupIds` apply to eniMode EniPerGateway only"))]
 #[serde(rename_all = "camelCase")]
 pub struct AwsPool {
     /// Which Elastic IPs the gateway uses.
@@ -150,6 +151,41 @@ pub struct AwsPool {
     /// How the Elastic IPs are attached to the gateway nodes.
     #[serde(default)]
     pub eni_mode: EniMode,
+    /// `EniPerGateway` only: subnet (`subnet-...`) of the ENI egw creates on each gateway node.
+    /// Default: the subnet of the node's primary ENI. It must be in the node's availability zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('subnet-')").message("a subnet ID starts with `subnet-`"))]
+    pub subnet_id: Option<String>,
+    /// `EniPerGateway` only: security groups (`sg-...`) of the ENI egw creates on each gateway
+    /// node. Default: the groups of the node's primary ENI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new("self.all(id, id.startsWith('sg-'))").message("security group IDs start with `sg-`"))]
+    pub security_group_ids: Vec<String>,
+    /// NAT-instance pattern: point these VPC route table destinations at the ENI of one healthy
+    /// gateway instance (the active one), moving them when it fails. Removing the field gives
+    /// the routes back (their previous target is restored, or routes egw created are deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<AwsRoutes>,
+}
+
+/// VPC routes egw keeps pointed at the active gateway instance.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsRoutes {
+    /// Route tables (`rtb-...`) whose routes egw manages; typically those of the private
+    /// subnets whose traffic should leave through the gateway.
+    #[x_kube(validation = kube::core::Rule::new("size(self) > 0 && self.all(id, id.startsWith('rtb-'))").message("list at least one route table ID (`rtb-...`)"))]
+    pub route_table_ids: Vec<String>,
+    /// IPv4 destinations routed to the gateway in every listed table. Default: `0.0.0.0/0`.
+    #[serde(default = "AwsRoutes::default_destination_cidrs")]
+    #[x_kube(validation = kube::core::Rule::new("size(self) > 0").message("list at least one destination CIDR"))]
+    pub destination_cidrs: Vec<String>,
+}
+
+impl AwsRoutes {
+    fn default_destination_cidrs() -> Vec<String> {
+        vec!["0.0.0.0/0".to_owned()]
+    }
 }
 
 /// Where Elastic IPs come from; set exactly one field.
@@ -235,6 +271,12 @@ pub struct EgressGatewayStatus {
     /// Every known instance and its external addresses.
     #[serde(default)]
     pub instances: Vec<InstanceStatus>,
+    /// AWS: the VPC routes egw points at the active instance (`spec.aws.routes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteStatus>,
+    /// AWS: the last 10 Elastic IP moves from a failed instance to a healthy one, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failovers: Vec<FailoverStatus>,
     /// `Ready`: at least one instance has a Ready external address. `Degraded`: some instance or
     /// address is not Ready; the reason says which.
     #[serde(default)]
@@ -256,9 +298,47 @@ pub struct InstanceStatus {
     /// The instance passes its health checks and accepts route tables.
     #[serde(default)]
     pub ready: bool,
+    /// AWS: EC2 instance (`i-...`) of the node the instance runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// AWS: the ENI (`eni-...`) holding the private IPs the instance's Elastic IPs map to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_interface_id: Option<String>,
     /// External addresses assigned to the instance.
     #[serde(default)]
     pub addresses: Vec<AddressStatus>,
+}
+
+/// One VPC route pointed at a gateway instance.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    /// Route table (`rtb-...`).
+    pub route_table_id: String,
+    /// Destination of the route.
+    pub destination_cidr: String,
+    /// ENI (`eni-...`) the route targets.
+    pub network_interface_id: String,
+    /// Gateway instance (pod) owning that ENI.
+    pub instance: String,
+}
+
+/// One Elastic IP moved off an instance that stopped being healthy.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStatus {
+    /// When the controller moved it.
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// Allocation ID (`eipalloc-...`) of the Elastic IP.
+    pub allocation_id: String,
+    /// The Elastic IP.
+    pub public_ip: Ipv4Addr,
+    /// Instance it was taken from.
+    pub from_instance: String,
+    /// Instance it was moved to.
+    pub to_instance: String,
+    /// Why it was moved (e.g. `pod not Ready`, `EC2 instance stopping`).
+    pub reason: String,
 }
 
 /// One external address of an instance.

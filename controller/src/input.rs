@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 
-use crate::crd::{EgressGateway, EgressGatewayPolicy, EgressGatewayPolicySpec, EgressGatewaySpec};
+use crate::crd::{
+    EgressGateway, EgressGatewayPolicy, EgressGatewayPolicySpec, EgressGatewaySpec, InstanceStatus,
+};
 
 /// Everything the translation looks at. Order of the vectors does not matter: the translation
 /// sorts, so equal snapshots give equal output.
@@ -148,7 +150,8 @@ impl NamespaceInfo {
 impl GatewayInfo {
     /// Reads a gateway object. Static gateways take their instances from `spec.static`, each
     /// Ready unless `status.instances` reports it (or one of its addresses) not Ready; other
-    /// gateways take them from `status.instances` as the controller last observed them.
+    /// gateways take them from `status.instances` as the controller last observed them (local
+    /// mode; cluster mode uses [`GatewayInfo::with_instances`] with the manager's outcome).
     pub fn from_resource(gateway: &EgressGateway) -> GatewayInfo {
         let observed = gateway
             .status
@@ -183,23 +186,7 @@ impl GatewayInfo {
                     }
                 })
                 .collect(),
-            None => observed
-                .iter()
-                .map(|status| InstanceInfo {
-                    name: status.name.clone(),
-                    endpoint: status.endpoint.clone(),
-                    ready: status.ready,
-                    addresses: status
-                        .addresses
-                        .iter()
-                        .map(|address| ExternalAddress {
-                            snat_ip: address.snat_ip,
-                            public_ip: address.public_ip,
-                            ready: address.ready,
-                        })
-                        .collect(),
-                })
-                .collect(),
+            None => instances_from_status(observed),
         };
         GatewayInfo {
             name: gateway.metadata.name.clone().unwrap_or_default(),
@@ -208,6 +195,37 @@ impl GatewayInfo {
             instances,
         }
     }
+
+    /// A non-static gateway with the instances its address manager reports now (cluster mode:
+    /// the AWS manager's outcome), instead of the possibly stale `status.instances`.
+    pub fn with_instances(gateway: &EgressGateway, instances: &[InstanceStatus]) -> GatewayInfo {
+        GatewayInfo {
+            name: gateway.metadata.name.clone().unwrap_or_default(),
+            labels: gateway.metadata.labels.clone().unwrap_or_default(),
+            spec: gateway.spec.clone(),
+            instances: instances_from_status(instances),
+        }
+    }
+}
+
+fn instances_from_status(observed: &[InstanceStatus]) -> Vec<InstanceInfo> {
+    observed
+        .iter()
+        .map(|status| InstanceInfo {
+            name: status.name.clone(),
+            endpoint: status.endpoint.clone(),
+            ready: status.ready,
+            addresses: status
+                .addresses
+                .iter()
+                .map(|address| ExternalAddress {
+                    snat_ip: address.snat_ip,
+                    public_ip: address.public_ip,
+                    ready: address.ready,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 impl PolicyInfo {

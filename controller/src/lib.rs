@@ -12,11 +12,14 @@
 //! * `egw_proto::spec`: engine route tables to `egw.v1.RouteTable`; [`endpoint`]: gateway control
 //!   endpoints (Unix socket, mutual TLS); [`push`]: [`push::GatewayPusher`] keeps every gateway
 //!   instance on its table (generations, restarts, backoff).
+//! * [`aws`]: Elastic IPs, private addresses and VPC routes of AWS gateways (planner and
+//!   manager over the `egw-aws` provider traits).
 //! * [`cluster`]: cluster mode (reflectors, reconciler, status, Events, finalizer, leader
 //!   election, `/metrics`); [`metrics`]: the Prometheus metrics.
 #![forbid(unsafe_code)]
 
 pub mod annotations;
+pub mod aws;
 pub mod cluster;
 pub mod crd;
 pub mod crdgen;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use egw_controller::aws::{AwsBackend, AwsOptions};
 use egw_controller::cluster::leader::LeaseOptions;
 use egw_controller::cluster::ClusterOptions;
 use egw_controller::endpoint::{ClientTls, ClientTlsFiles};
@@ -65,6 +66,77 @@ struct Args {
     /// This replica's identity in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Manage the Elastic IPs, private addresses and VPC routes of AWS gateways (`spec.aws`).
+    /// Without it AWS gateways fail closed. Credentials and region come from the standard AWS
+    /// chain (IRSA / EKS Pod Identity, AWS_REGION, instance metadata).
+    #[arg(long, env = "EGW_AWS", requires = "cluster_name")]
+    aws: bool,
+    /// Name of this Kubernetes cluster, unique among the clusters running egw in the same AWS
+    /// account and region: egw tags what it creates with it and only touches what carries it.
+    #[arg(long, env = "EGW_CLUSTER_NAME", value_parser = non_empty)]
+    cluster_name: Option<String>,
+    /// AWS region (default: the standard chain's).
+    #[arg(long, env = "EGW_AWS_REGION", requires = "aws")]
+    aws_region: Option<String>,
+    /// EC2 endpoint URL instead of the region's (VPC endpoints, tests).
+    #[arg(long, env = "EGW_AWS_ENDPOINT_URL", requires = "aws")]
+    aws_endpoint_url: Option<String>,
+    /// Seconds between checks of an unchanged AWS gateway against EC2 (instance states, drift).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    aws_resync_seconds: u64,
+    /// Port of the gateway pods' gRPC control server (AWS gateways are pushed to at
+    /// `<pod IP>:<port>`).
+    #[arg(long, env = "EGW_GATEWAY_GRPC_PORT", default_value_t = egw_controller::aws::DEFAULT_GATEWAY_GRPC_PORT)]
+    gateway_grpc_port: u16,
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// The AWS address manager for `--aws`: the EC2 provider from the standard credential chain.
+async fn aws_backend(
+    args: &Args,
+    metrics: &Metrics,
+) -> Result<Option<Box<dyn AwsBackend>>, String> {
+    if !args.aws {
+        return Ok(None);
+    }
+    let cluster = args
+        .cluster_name
+        .clone()
+        .ok_or("--aws needs --cluster-name (EGW_CLUSTER_NAME)")?;
+    let options = AwsOptions {
+        resync_interval: Duration::from_secs(args.aws_resync_seconds),
+        ..AwsOptions::new(cluster)
+    };
+    let settings = egw_aws::Ec2ProviderSettings {
+        endpoint_url: args.aws_endpoint_url.clone(),
+        region: args.aws_region.clone(),
+        ..egw_aws::Ec2ProviderSettings::default()
+    };
+    ec2_manager(settings, options, metrics).await
+}
+
+/// INTEGRATION SEAM (issue #6): `AwsManager` needs a provider implementing `AddressProvider`,
+/// `InterfaceProvider` and `RouteProvider`; this build's `Ec2Provider` implements only the
+/// first (the other two land with the ENI and route branches), so `--aws` refuses to start
+/// rather than run half a manager. Once they are merged this body becomes:
+/// `Ok(Some(Box::new(AwsManager::new(egw_aws::Ec2Provider::from_env(settings).await, options, metrics.clone()))))`.
+async fn ec2_manager(
+    settings: egw_aws::Ec2ProviderSettings,
+    options: AwsOptions,
+    _metrics: &Metrics,
+) -> Result<Option<Box<dyn AwsBackend>>, String> {
+    Err(format!(
+        "--aws (cluster {:?}, endpoint {:?}): this build's EC2 provider does not manage ENIs and \
+         routes yet; AWS gateways are not supported by this build",
+        options.cluster, settings.endpoint_url
+    ))
 }
 
 fn push_options(args: &Args) -> Result<PushOptions, String> {
@@ -121,6 +193,7 @@ async fn run(args: Args) -> Result<(), String> {
         egw_controller::local_run::run_local(options, metrics, shutdown_signal()).await;
         return Ok(());
     }
+    let aws = aws_backend(&args, &metrics).await?;
     let identity = args
         .identity
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -137,8 +210,9 @@ async fn run(args: Args) -> Result<(), String> {
         debounce: Duration::from_millis(200),
         resync_interval: Duration::from_secs(60),
         http_address: Some(args.metrics_address),
+        gateway_grpc_port: args.gateway_grpc_port,
     };
-    egw_controller::cluster::run(client, options, metrics, shutdown_signal())
+    egw_controller::cluster::run_with_aws(client, options, metrics, aws, shutdown_signal())
         .await
         .map_err(|error| error_chain(&error))
 }
@@ -168,5 +242,38 @@ fn main() -> ExitCode {
             tracing::error!("{error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_flags_need_a_cluster_name_and_default_sensibly() {
+        let missing = Args::try_parse_from(["egw-controller", "--aws"]);
+        assert!(missing.is_err());
+        let region_alone = Args::try_parse_from(["egw-controller", "--aws-region", "eu-west-1"]);
+        assert!(region_alone.is_err());
+        let empty = Args::try_parse_from(["egw-controller", "--aws", "--cluster-name", " "]);
+        assert!(empty.is_err());
+        let args = Args::try_parse_from([
+            "egw-controller",
+            "--aws",
+            "--cluster-name",
+            "prod-eu",
+            "--aws-endpoint-url",
+            "https://ec2.eu-west-1.amazonaws.com",
+        ])
+        .unwrap();
+        assert!(args.aws);
+        assert_eq!(args.cluster_name.as_deref(), Some("prod-eu"));
+        assert_eq!(args.aws_resync_seconds, 60);
+        assert_eq!(
+            args.gateway_grpc_port,
+            egw_controller::aws::DEFAULT_GATEWAY_GRPC_PORT
+        );
+        let plain = Args::try_parse_from(["egw-controller"]).unwrap();
+        assert!(!plain.aws);
     }
 }

@@ -8,6 +8,8 @@
 //! | `egw_controller_tables_pushed_total` | counter | |
 //! | `egw_controller_gateway_restarts_total` | counter | |
 //! | `egw_controller_leader` | gauge | |
+//! | `egw_controller_aws_calls_total` | counter | `operation`, `outcome` |
+//! | `egw_controller_aws_failovers_total` | counter | |
 
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ pub enum ErrorReason {
     KubeApi,
     /// The local manifest directory could not be loaded.
     LocalLoad,
+    /// An AWS pass or cleanup failed.
+    Aws,
 }
 
 impl ErrorReason {
@@ -41,6 +45,7 @@ impl ErrorReason {
             ErrorReason::Endpoint => "endpoint",
             ErrorReason::KubeApi => "kube_api",
             ErrorReason::LocalLoad => "local_load",
+            ErrorReason::Aws => "aws",
         }
     }
 }
@@ -57,6 +62,8 @@ pub struct Metrics {
     tables_pushed: Counter,
     gateway_restarts: Counter,
     leader: Gauge,
+    aws_calls: Family<Labels, Counter>,
+    aws_failovers: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,6 +88,8 @@ impl Metrics {
         let tables_pushed = Counter::default();
         let gateway_restarts = Counter::default();
         let leader = Gauge::default();
+        let aws_calls = Family::<Labels, Counter>::default();
+        let aws_failovers = Counter::default();
         registry.register(
             "reconciles",
             "Translations of the cluster (or local) state",
@@ -107,6 +116,16 @@ impl Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "aws_calls",
+            "AWS provider operations by operation and outcome (ok, retryable, permanent, not_found, limit_exceeded, ...)",
+            aws_calls.clone(),
+        );
+        registry.register(
+            "aws_failovers",
+            "Elastic IPs moved off a failed gateway instance",
+            aws_failovers.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             reconciles,
@@ -115,6 +134,8 @@ impl Metrics {
             tables_pushed,
             gateway_restarts,
             leader,
+            aws_calls,
+            aws_failovers,
         }
     }
 
@@ -145,6 +166,20 @@ impl Metrics {
         self.leader.set(i64::from(leader));
     }
 
+    /// One AWS provider operation and how it ended (`ok` or the error kind).
+    pub fn aws_call(&self, operation: &str, outcome: &str) {
+        self.aws_calls
+            .get_or_create(&vec![
+                ("operation".to_owned(), operation.to_owned()),
+                ("outcome".to_owned(), outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    pub fn aws_failover(&self) {
+        self.aws_failovers.inc();
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut text = String::new();
@@ -165,6 +200,9 @@ mod tests {
         metrics.error(ErrorReason::PushRefused);
         metrics.error(ErrorReason::PushRefused);
         metrics.pushed(0.003);
+        metrics.aws_call("associate", "ok");
+        metrics.aws_call("associate", "retryable");
+        metrics.aws_failover();
         let text = metrics.render();
         assert!(text.contains("egw_controller_reconciles_total 1"), "{text}");
         assert!(
@@ -180,5 +218,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("egw_controller_leader 0"), "{text}");
+        assert!(
+            text.contains(
+                "egw_controller_aws_calls_total{operation=\"associate\",outcome=\"retryable\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("egw_controller_aws_failovers_total 1"),
+            "{text}"
+        );
     }
 }

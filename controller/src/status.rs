@@ -201,8 +201,88 @@ pub fn gateway_status(
         ready_instances: count(report.ready_instances),
         ready_addresses: count(report.ready_addresses),
         instances,
+        routes: Vec::new(),
+        failovers: Vec::new(),
         conditions: vec![ready, degraded],
     }
+}
+
+/// Folds an AWS gateway's address-management problem into its conditions. The problem always
+/// makes the gateway `Degraded` (with the problem's reason); it is the `Ready` reason only when
+/// no instance has a Ready address, because then it is why traffic is denied. An AWS problem
+/// while addresses still carry traffic (a throttled call, an instance over its ENI limit) does
+/// not make the gateway un-Ready.
+pub fn with_aws_problem(
+    mut status: EgressGatewayStatus,
+    problem: Option<(&str, &str)>,
+    warnings: &[String],
+    previous: Option<&EgressGatewayStatus>,
+    now: &Time,
+) -> EgressGatewayStatus {
+    let previous = previous
+        .map(|status| status.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = status.observed_generation;
+    let Some((reason, message)) = problem else {
+        if warnings.is_empty() {
+            return status;
+        }
+        for condition_ in &mut status.conditions {
+            if condition_.type_ == "Degraded" {
+                let mut parts = vec![condition_.message.clone()];
+                parts.retain(|part| !part.is_empty());
+                parts.extend(warnings.iter().cloned());
+                *condition_ = condition(
+                    previous,
+                    "Degraded",
+                    true,
+                    if condition_.status == "True" {
+                        &condition_.reason
+                    } else {
+                        "AddressesUnavailable"
+                    },
+                    bounded_message(&parts),
+                    generation,
+                    now,
+                );
+            }
+        }
+        return status;
+    };
+    for condition_ in &mut status.conditions {
+        let mut parts = vec![message.to_owned()];
+        parts.extend(warnings.iter().cloned());
+        match condition_.type_.as_str() {
+            "Ready" if condition_.status == "False" => {
+                parts.push(condition_.message.clone());
+                parts.retain(|part| !part.is_empty());
+                *condition_ = condition(
+                    previous,
+                    "Ready",
+                    false,
+                    reason,
+                    bounded_message(&parts),
+                    generation,
+                    now,
+                );
+            }
+            "Degraded" => {
+                parts.push(condition_.message.clone());
+                parts.retain(|part| !part.is_empty());
+                *condition_ = condition(
+                    previous,
+                    "Degraded",
+                    true,
+                    reason,
+                    bounded_message(&parts),
+                    generation,
+                    now,
+                );
+            }
+            _ => {}
+        }
+    }
+    status
 }
 
 #[cfg(test)]
@@ -282,6 +362,66 @@ mod tests {
         assert_eq!(changed.conditions[0].status, "False");
         assert_eq!(changed.conditions[0].last_transition_time, later);
         assert_eq!(changed.conditions[1].reason, "Unavailable");
+    }
+
+    #[test]
+    fn aws_problems_degrade_and_explain_an_unready_gateway() {
+        let now = time("2026-01-01T00:00:00Z");
+        let serving = GatewayReport {
+            ready_instances: 1,
+            ready_addresses: 1,
+            ..GatewayReport::default()
+        };
+        let base = gateway_status(&serving, "Aws", Vec::new(), Some(1), None, &now);
+        let throttled = with_aws_problem(
+            base.clone(),
+            Some(("AwsError", "DescribeAddresses: RequestLimitExceeded")),
+            &[],
+            None,
+            &now,
+        );
+        assert_eq!(throttled.conditions[0].status, "True");
+        assert_eq!(throttled.conditions[0].reason, "InstancesReady");
+        assert_eq!(throttled.conditions[1].status, "True");
+        assert_eq!(throttled.conditions[1].reason, "AwsError");
+        assert!(throttled.conditions[1]
+            .message
+            .contains("RequestLimitExceeded"));
+
+        let down = GatewayReport {
+            problems: vec!["gateway has no instances; pods using it are denied".to_owned()],
+            ..GatewayReport::default()
+        };
+        let base = gateway_status(&down, "Aws", Vec::new(), Some(1), None, &now);
+        let status = with_aws_problem(
+            base.clone(),
+            Some(("NoHealthyInstance", "no gateway pod is Ready")),
+            &[],
+            None,
+            &now,
+        );
+        assert_eq!(status.conditions[0].status, "False");
+        assert_eq!(status.conditions[0].reason, "NoHealthyInstance");
+        assert!(status.conditions[0]
+            .message
+            .starts_with("no gateway pod is Ready; "));
+
+        // Without a problem, warnings only degrade.
+        let serving_base = gateway_status(&serving, "Aws", Vec::new(), Some(1), None, &now);
+        let warned = with_aws_problem(
+            serving_base.clone(),
+            None,
+            &["Elastic IP 198.51.100.1 is taken".to_owned()],
+            None,
+            &now,
+        );
+        assert_eq!(warned.conditions[0], serving_base.conditions[0]);
+        assert_eq!(warned.conditions[1].status, "True");
+        assert_eq!(warned.conditions[1].reason, "AddressesUnavailable");
+        assert_eq!(
+            with_aws_problem(serving_base.clone(), None, &[], None, &now),
+            serving_base
+        );
     }
 
     #[test]

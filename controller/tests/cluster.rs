@@ -1,14 +1,16 @@
 //! Cluster mode against a mocked API transport (`tower-test`): each scenario asserts the exact
 //! API calls the controller makes (method, path and query, content type, body).
 
+mod fake_aws;
 mod support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use egw_controller::aws::{AwsManager, AwsOptions};
 use egw_controller::cluster::leader::{LeaderElector, LeaseOptions};
-use egw_controller::cluster::{ClusterState, Reconciler, GATEWAY_FINALIZER};
+use egw_controller::cluster::{ClusterState, ReconcileReport, Reconciler, GATEWAY_FINALIZER};
 use egw_controller::crd::{
     EgressGateway, EgressGatewayPolicy, EgressGatewayPolicySpec, EgressGatewaySpec, StaticInstance,
     StaticPool,
@@ -547,6 +549,7 @@ async fn run_lists_acquires_the_lease_then_reconciles_and_stops_on_shutdown() {
         debounce: Duration::from_millis(10),
         resync_interval: Duration::from_secs(3600),
         http_address: None,
+        gateway_grpc_port: 7443,
     };
     let metrics = Metrics::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -656,4 +659,427 @@ async fn leader_pushes_tables_and_stops_when_stepping_down() {
         lines,
         ["PATCH /apis/egw.dev/v1alpha1/egressgateways/lab/status?&force=true&fieldManager=egw-controller"]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// AWS gateways (the address manager over an in-memory implementation of the egw-aws traits)
+// ---------------------------------------------------------------------------------------------
+
+fn aws_gateway(finalizers: &[&str], deleting: bool) -> EgressGateway {
+    let spec: EgressGatewaySpec = serde_json::from_value(json!({
+        "selector": {"matchLabels": {"app": "egw-gateway"}},
+        "aws": {"elasticIps": {"allocate": 2}},
+        // Fail over at once (draining is the manager tests' business).
+        "health": {"drainSeconds": 0},
+    }))
+    .unwrap();
+    let mut gateway = EgressGateway::new("egress", spec);
+    gateway.metadata.resource_version = Some("30".into());
+    gateway.metadata.generation = Some(1);
+    gateway.metadata.uid = Some("gateway-uid".into());
+    gateway.metadata.finalizers = (!finalizers.is_empty())
+        .then(|| finalizers.iter().map(|name| (*name).to_owned()).collect());
+    if deleting {
+        gateway.metadata.deletion_timestamp = Some(Time(now()));
+    }
+    gateway
+}
+
+/// A Running gateway pod on `node-<index>`. Its IP is on loopback: the pusher never reaches
+/// out of the host (and without client TLS it does not connect at all).
+fn gateway_pod(name: &str, index: u8, ready: bool) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "namespace": "egw-system",
+            "labels": {"app": "egw-gateway"},
+        },
+        "spec": {"nodeName": format!("node-{index}"), "hostNetwork": true, "containers": []},
+        "status": {
+            "phase": "Running",
+            "podIP": format!("127.0.0.{index}"),
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+        },
+    }))
+    .unwrap()
+}
+
+fn aws_node(index: u8) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": format!("node-{index}")},
+        "spec": {"providerID": format!("aws:///eu-west-1a/i-000000000000000{index}a")},
+    })
+}
+
+/// Answers node reads with AWS nodes, status and finalizer patches with the gateway, and
+/// Events with themselves.
+fn aws_api(gateway: &EgressGateway) -> (Client, tokio::task::JoinHandle<Vec<Call>>) {
+    let echo = serde_json::to_value(gateway).unwrap();
+    mocked(move |call| {
+        let path = call.uri.split('?').next().unwrap();
+        match (call.method.as_str(), path) {
+            ("GET", "/api/v1/nodes/node-1") => (200, aws_node(1)),
+            ("GET", "/api/v1/nodes/node-2") => (200, aws_node(2)),
+            ("PATCH", _) => {
+                let mut object = echo.clone();
+                object["status"] = call.body["status"].clone();
+                (200, object)
+            }
+            ("POST", _) => (201, call.body.clone()),
+            _ => not_found(),
+        }
+    })
+}
+
+fn aws_fake() -> fake_aws::FakeAws {
+    let fake = fake_aws::FakeAws::new();
+    fake.add_instance("i-0000000000000001a", 1, 8);
+    fake.add_instance("i-0000000000000002a", 2, 8);
+    fake
+}
+
+fn aws_reconciler(client: Client, fake: &fake_aws::FakeAws) -> Reconciler {
+    let manager = AwsManager::new(
+        fake.clone(),
+        AwsOptions::new("prod-eu".to_owned()),
+        Metrics::new(),
+    );
+    reconciler(client).with_aws(Box::new(manager))
+}
+
+/// Errors other than the pusher's (the pods' TLS endpoints cannot be used without client TLS).
+fn non_push_errors(report: &ReconcileReport) -> Vec<&String> {
+    report
+        .errors
+        .iter()
+        .filter(|error| !error.contains("no client certificate is configured"))
+        .collect()
+}
+
+#[tokio::test]
+async fn aws_gateway_status_comes_from_the_manager_and_failovers_are_events() {
+    let gateway = aws_gateway(&[GATEWAY_FINALIZER], false);
+    let (client, server) = aws_api(&gateway);
+    let fake = aws_fake();
+    let mut reconciler = aws_reconciler(client, &fake);
+    let state = ClusterState {
+        pods: vec![
+            Arc::new(gateway_pod("gw-0", 1, true)),
+            Arc::new(gateway_pod("gw-1", 2, true)),
+        ],
+        gateways: vec![Arc::new(gateway.clone())],
+        ..ClusterState::default()
+    };
+    let report = reconciler.reconcile(&state, now()).await;
+    assert!(non_push_errors(&report).is_empty(), "{:?}", report.errors);
+    assert_eq!(report.tables, 2);
+    assert_eq!(report.statuses_written, 1);
+
+    // gw-0 stops being Ready: its address moves to gw-1, recorded in status and as an Event.
+    let state = ClusterState {
+        pods: vec![
+            Arc::new(gateway_pod("gw-0", 1, false)),
+            Arc::new(gateway_pod("gw-1", 2, true)),
+        ],
+        ..state
+    };
+    let report = reconciler.reconcile(&state, now()).await;
+    assert!(non_push_errors(&report).is_empty(), "{:?}", report.errors);
+    // The Failover, and the translation's diagnostic that gw-0 is not Ready.
+    assert_eq!(report.events_published, 2);
+    drop(reconciler);
+
+    let calls = calls_after(server).await;
+    let lines: Vec<String> = calls.iter().map(Call::line).collect();
+    let status_path = "PATCH /apis/egw.dev/v1alpha1/egressgateways/egress/status?&force=true&fieldManager=egw-controller";
+    assert_eq!(
+        lines,
+        [
+            // Each node is read once: providerIDs never change.
+            "GET /api/v1/nodes/node-1",
+            "GET /api/v1/nodes/node-2",
+            status_path,
+            status_path,
+            "POST /apis/events.k8s.io/v1/namespaces/default/events?",
+            "POST /apis/events.k8s.io/v1/namespaces/default/events?",
+        ]
+    );
+    let status = &calls[2].body["status"];
+    assert_eq!(status["mode"], "Aws");
+    assert_eq!(status["readyInstances"], 2);
+    assert_eq!(status["readyAddresses"], 2);
+    assert_eq!(
+        status["instances"][0],
+        json!({
+            "name": "gw-0",
+            "node": "node-1",
+            "endpoint": "127.0.0.1:7443",
+            "ready": true,
+            "instanceId": "i-0000000000000001a",
+            "networkInterfaceId": "eni-primary-1",
+            "addresses": [{
+                "snatIp": "10.0.1.100",
+                "publicIp": "198.51.100.1",
+                "allocationId": "eipalloc-0001",
+                "ready": true,
+            }],
+        })
+    );
+    assert_eq!(status["conditions"][0]["status"], "True");
+    assert_eq!(status.get("failovers"), None);
+
+    let status = &calls[3].body["status"];
+    assert_eq!(status["readyInstances"], 1);
+    assert_eq!(status["instances"][0]["ready"], false);
+    assert_eq!(
+        status["instances"][1]["addresses"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        status["failovers"],
+        json!([{
+            "time": "2026-11-21T06:00:00Z",
+            "allocationId": "eipalloc-0001",
+            "publicIp": "198.51.100.1",
+            "fromInstance": "gw-0",
+            "toInstance": "gw-1",
+            "reason": "pod not Ready",
+        }])
+    );
+    assert_eq!(calls[4].body["reason"], "InstanceNotReady");
+    let event = &calls[5].body;
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["reason"], "Failover");
+    assert_eq!(
+        event["note"],
+        "moved 198.51.100.1 (eipalloc-0001) from gw-0 to gw-1: pod not Ready"
+    );
+    assert_eq!(event["regarding"]["kind"], "EgressGateway");
+    assert_eq!(event["regarding"]["name"], "egress");
+}
+
+#[tokio::test]
+async fn deleting_an_aws_gateway_cleans_up_before_releasing_the_finalizer() {
+    let gateway = aws_gateway(&[GATEWAY_FINALIZER], false);
+    let (client, server) = aws_api(&gateway);
+    let fake = aws_fake();
+    let mut reconciler =
+        aws_reconciler(client, &fake).with_cleanup_retry_base(Duration::from_millis(50));
+    let pods = vec![
+        Arc::new(gateway_pod("gw-0", 1, true)),
+        Arc::new(gateway_pod("gw-1", 2, true)),
+    ];
+    let state = ClusterState {
+        pods: pods.clone(),
+        gateways: vec![Arc::new(gateway)],
+        ..ClusterState::default()
+    };
+    reconciler.reconcile(&state, now()).await;
+    assert_eq!(fake.associations().len(), 2);
+
+    // The first cleanup fails: the finalizer stays, a Warning Event says why.
+    fake.fail_next(
+        "prune_private_addresses",
+        fake_aws::permanent("UnassignPrivateIpAddresses", "UnauthorizedOperation"),
+    );
+    let deleting = ClusterState {
+        pods,
+        gateways: vec![Arc::new(aws_gateway(&[GATEWAY_FINALIZER], true))],
+        ..ClusterState::default()
+    };
+    let report = reconciler.reconcile(&deleting, now()).await;
+    assert_eq!(report.finalizers_changed, 0);
+    assert!(report
+        .errors
+        .iter()
+        .any(|error| error.contains("UnauthorizedOperation")));
+    assert_eq!(fake.state.lock().unwrap().addresses.len(), 2);
+    assert!(reconciler.aws_due().is_some());
+
+    // Reconciles during the backoff (pod churn) do not retry it, nor repeat the Event.
+    let calls = fake.calls().len();
+    let report = reconciler.reconcile(&deleting, now()).await;
+    assert_eq!(report.finalizers_changed, 0);
+    assert_eq!(report.events_published, 0);
+    assert_eq!(fake.calls().len(), calls);
+
+    // After the backoff the retry succeeds: everything is given back, then the finalizer goes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = reconciler.reconcile(&deleting, now()).await;
+    assert!(non_push_errors(&report).is_empty(), "{:?}", report.errors);
+    assert_eq!(report.finalizers_changed, 1);
+    assert!(fake.state.lock().unwrap().addresses.is_empty());
+    assert!(fake.state.lock().unwrap().interfaces.is_empty());
+    drop(reconciler);
+
+    let calls = calls_after(server).await;
+    let lines: Vec<String> = calls.iter().map(Call::line).collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /api/v1/nodes/node-1",
+            "GET /api/v1/nodes/node-2",
+            "PATCH /apis/egw.dev/v1alpha1/egressgateways/egress/status?&force=true&fieldManager=egw-controller",
+            "POST /apis/events.k8s.io/v1/namespaces/default/events?",
+            "PATCH /apis/egw.dev/v1alpha1/egressgateways/egress?",
+        ]
+    );
+    let event = &calls[3].body;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "CleanupFailed");
+    assert!(event["note"]
+        .as_str()
+        .unwrap()
+        .contains("UnauthorizedOperation"));
+    assert_eq!(
+        calls[4].body,
+        json!({"metadata": {"resourceVersion": "30", "finalizers": []}})
+    );
+    // Cleanup order: private addresses, then the addresses egw allocated (no routes were used).
+    let cleanup: Vec<String> = fake
+        .operations_since(fake.calls().len() - 2)
+        .into_iter()
+        .collect();
+    assert_eq!(cleanup, ["prune_private_addresses", "release_owned"]);
+}
+
+#[tokio::test]
+async fn without_aws_an_aws_gateway_fails_closed_and_says_how_to_fix_it() {
+    let gateway = aws_gateway(&[GATEWAY_FINALIZER], false);
+    let (client, server) = aws_api(&gateway);
+    let mut reconciler = reconciler(client);
+    let state = ClusterState {
+        pods: vec![Arc::new(gateway_pod("gw-0", 1, true))],
+        gateways: vec![Arc::new(gateway)],
+        ..ClusterState::default()
+    };
+    let report = reconciler.reconcile(&state, now()).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // No instances: nothing to push to, and pods using the gateway are denied.
+    assert_eq!(report.tables, 0);
+    drop(reconciler);
+    let calls = calls_after(server).await;
+    let status = &calls[0].body["status"];
+    assert_eq!(status["instances"], json!([]));
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_eq!(status["conditions"][0]["reason"], "AwsNotEnabled");
+    assert!(status["conditions"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--aws"));
+    let reasons: Vec<&str> = calls[1..]
+        .iter()
+        .map(|call| call.body["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["GatewayNotReady", "AwsNotEnabled"]);
+    assert_eq!(calls[2].body["type"], "Warning");
+}
+
+/// A failed AWS pass is retried by cluster mode itself (no watch event, no resync needed).
+#[tokio::test]
+async fn run_retries_a_failed_aws_pass_after_its_backoff() {
+    let gateway = aws_gateway(&[GATEWAY_FINALIZER], false);
+    let gateway_json = serde_json::to_value(&gateway).unwrap();
+    let pod_json = serde_json::to_value(gateway_pod("gw-0", 1, true)).unwrap();
+    let stored_lease: Mutex<Option<Value>> = Mutex::new(None);
+    let (client, _seen, server) = mocked_with_pending(move |call| {
+        let path = call.uri.split('?').next().unwrap();
+        if call.uri.contains("watch=true") {
+            return None;
+        }
+        let list = |kind: &str, api_version: &str, items: Vec<Value>| {
+            Some((
+                200,
+                json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "100"}, "items": items}),
+            ))
+        };
+        match (call.method.as_str(), path) {
+            ("GET", "/api/v1/pods") => list("PodList", "v1", vec![pod_json.clone()]),
+            ("GET", "/api/v1/namespaces") => list("NamespaceList", "v1", vec![]),
+            ("GET", "/apis/egw.dev/v1alpha1/egressgateways") => list(
+                "EgressGatewayList",
+                "egw.dev/v1alpha1",
+                vec![gateway_json.clone()],
+            ),
+            ("GET", "/apis/egw.dev/v1alpha1/egressgatewaypolicies") => {
+                list("EgressGatewayPolicyList", "egw.dev/v1alpha1", vec![])
+            }
+            ("GET", "/api/v1/nodes/node-1") => Some((200, aws_node(1))),
+            ("GET", _) if path.starts_with(LEASE_PATH) => {
+                let lease = stored_lease.lock().unwrap().clone();
+                Some(lease.map_or_else(not_found, |lease| (200, lease)))
+            }
+            ("POST" | "PUT", _) if path.starts_with(LEASE_PATH) => {
+                let mut lease = call.body.clone();
+                lease["metadata"]["resourceVersion"] = json!("7");
+                *stored_lease.lock().unwrap() = Some(lease.clone());
+                Some((if call.method == "POST" { 201 } else { 200 }, lease))
+            }
+            ("PATCH", _) => {
+                let mut object = gateway_json.clone();
+                object["status"] = call.body["status"].clone();
+                Some((200, object))
+            }
+            ("POST", _) => Some((201, call.body.clone())),
+            _ => Some((500, json!({}))),
+        }
+    });
+    let fake = aws_fake();
+    fake.fail_next("ensure_addresses", fake_aws::retryable("DescribeAddresses"));
+    let manager = AwsManager::new(
+        fake.clone(),
+        AwsOptions {
+            retry_base: Duration::from_millis(200),
+            ..AwsOptions::new("prod-eu".to_owned())
+        },
+        Metrics::new(),
+    );
+    let options = egw_controller::cluster::ClusterOptions {
+        push: PushOptions::default(),
+        lease: LeaseOptions {
+            renew_interval: Duration::from_millis(100),
+            ..lease_options()
+        },
+        debounce: Duration::from_millis(10),
+        resync_interval: Duration::from_secs(3600),
+        http_address: None,
+        gateway_grpc_port: 7443,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(egw_controller::cluster::run_with_aws(
+        client,
+        options,
+        Metrics::new(),
+        Some(Box::new(manager)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut associated = false;
+    for _ in 0..500 {
+        if fake.associations().len() == 2 {
+            associated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("cluster mode stops on shutdown")
+        .unwrap()
+        .unwrap();
+    drop(server);
+    assert!(associated, "no retry: {:#?}", fake.calls());
+    let passes = fake
+        .operations_since(0)
+        .iter()
+        .filter(|operation| *operation == "ensure_addresses")
+        .count();
+    assert!(passes >= 2, "{:#?}", fake.calls());
 }

@@ -7,9 +7,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use serde::Deserialize;
 
-fn documents() -> Vec<serde_json::Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/examples/controller/egw-controller.yaml");
+const EXAMPLE: &str = "../deploy/examples/controller/egw-controller.yaml";
+const BASE_RBAC: &str = "../deploy/kubernetes/base/controller-rbac.yaml";
+
+fn documents_of(file: &str) -> Vec<serde_json::Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let text = std::fs::read_to_string(path).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|document| serde_json::Value::deserialize(document).unwrap())
@@ -17,7 +19,11 @@ fn documents() -> Vec<serde_json::Value> {
 }
 
 fn of_kind<T: serde::de::DeserializeOwned>(kind: &str) -> Vec<T> {
-    documents()
+    of_kind_in(EXAMPLE, kind)
+}
+
+fn of_kind_in<T: serde::de::DeserializeOwned>(file: &str, kind: &str) -> Vec<T> {
+    documents_of(file)
         .into_iter()
         .filter(|document| document["kind"] == kind)
         .map(|document| serde_json::from_value(document).unwrap())
@@ -71,6 +77,37 @@ fn rbac_grants_every_call_the_controller_makes() {
         );
     }
     assert_eq!(roles[0].metadata.namespace.as_deref(), Some("egw-system"));
+}
+
+/// The kustomize base grants every call of cluster mode, including the AWS manager's node reads
+/// (EC2 instance IDs from `spec.providerID`) and the finalizer patch.
+#[test]
+fn base_rbac_grants_every_call_the_controller_makes_with_aws() {
+    let cluster_roles: Vec<ClusterRole> = of_kind_in(BASE_RBAC, "ClusterRole");
+    let rules = cluster_roles[0].rules.clone().unwrap_or_default();
+    let needed = [
+        ("", "pods", &["list", "watch"][..]),
+        ("", "namespaces", &["list", "watch"]),
+        ("", "nodes", &["get"]),
+        ("egw.dev", "egressgateways", &["list", "watch", "patch"]),
+        ("egw.dev", "egressgatewaypolicies", &["list", "watch"]),
+        ("egw.dev", "egressgateways/status", &["patch"]),
+        ("egw.dev", "egressgatewaypolicies/status", &["patch"]),
+        ("events.k8s.io", "events", &["create", "patch"]),
+    ];
+    for (group, resource, verbs) in needed {
+        for verb in verbs {
+            assert!(
+                allows(&rules, group, resource, verb),
+                "{verb} {group}/{resource}"
+            );
+        }
+    }
+    // Nodes are read, never listed, watched or written.
+    for verb in ["list", "watch", "patch", "update"] {
+        assert!(!allows(&rules, "", "nodes", verb), "{verb} nodes");
+    }
+    assert!(!allows(&rules, "egw.dev", "egressgatewaypolicies", "patch"));
 }
 
 #[test]
