@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use egw_controller::aws::{AwsBackend, AwsOptions};
+use egw_controller::aws::{AwsBackend, AwsManager, AwsOptions};
 use egw_controller::cluster::leader::LeaseOptions;
 use egw_controller::cluster::ClusterOptions;
 use egw_controller::endpoint::{ClientTls, ClientTlsFiles};
@@ -122,21 +122,18 @@ async fn aws_backend(
     ec2_manager(settings, options, metrics).await
 }
 
-/// INTEGRATION SEAM (issue #6): `AwsManager` needs a provider implementing `AddressProvider`,
-/// `InterfaceProvider` and `RouteProvider`; this build's `Ec2Provider` implements only the
-/// first (the other two land with the ENI and route branches), so `--aws` refuses to start
-/// rather than run half a manager. Once they are merged this body becomes:
-/// `Ok(Some(Box::new(AwsManager::new(egw_aws::Ec2Provider::from_env(settings).await, options, metrics.clone()))))`.
+/// The manager on the real EC2 provider (region and credentials from the standard chain).
 async fn ec2_manager(
     settings: egw_aws::Ec2ProviderSettings,
     options: AwsOptions,
-    _metrics: &Metrics,
+    metrics: &Metrics,
 ) -> Result<Option<Box<dyn AwsBackend>>, String> {
-    Err(format!(
-        "--aws (cluster {:?}, endpoint {:?}): this build's EC2 provider does not manage ENIs and \
-         routes yet; AWS gateways are not supported by this build",
-        options.cluster, settings.endpoint_url
-    ))
+    let provider = egw_aws::Ec2Provider::from_env(settings).await;
+    Ok(Some(Box::new(AwsManager::new(
+        provider,
+        options,
+        metrics.clone(),
+    ))))
 }
 
 fn push_options(args: &Args) -> Result<PushOptions, String> {

@@ -54,6 +54,7 @@ fn rbac_grants_every_call_the_controller_makes() {
     let needed = [
         ("", "pods", &["list", "watch"][..]),
         ("", "namespaces", &["list", "watch"]),
+        ("", "nodes", &["get"]),
         ("egw.dev", "egressgateways", &["list", "watch", "patch"]),
         ("egw.dev", "egressgatewaypolicies", &["list", "watch"]),
         ("egw.dev", "egressgateways/status", &["patch"]),

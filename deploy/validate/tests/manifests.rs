@@ -212,20 +212,30 @@ fn the_controller_is_redundant_unprivileged_and_least_privileged() {
         "egw.dev/egressgatewaypolicies/status:update",
         "/events:create",
         "events.k8s.io/events:patch",
+        // The finalizer that keeps an AWS gateway until egw gave back what it holds.
+        "egw.dev/egressgateways:patch",
+        // AWS gateways: the EC2 instance of a gateway pod's node (spec.providerID).
+        "/nodes:get",
     ] {
         assert!(
             granted.contains(expected),
             "missing {expected}: {granted:?}"
         );
     }
-    // Writes only to status and events, cluster-wide.
-    assert!(granted.iter().all(|grant| {
-        grant.ends_with(":get")
-            || grant.ends_with(":list")
-            || grant.ends_with(":watch")
-            || grant.contains("/status:")
-            || grant.contains("/events:")
-    }));
+    // Writes only to status, events and (for the finalizer) egw's own gateways, cluster-wide;
+    // nodes are only read one by one.
+    assert!(
+        granted.iter().all(|grant| {
+            grant.ends_with(":get")
+                || grant.ends_with(":list")
+                || grant.ends_with(":watch")
+                || grant.contains("/status:")
+                || grant.contains("/events:")
+                || grant == "egw.dev/egressgateways:patch"
+        }),
+        "{granted:?}"
+    );
+    assert!(!granted.contains("/nodes:list") && !granted.contains("/nodes:watch"));
     assert_eq!(lease_rules.len(), 1);
     assert_eq!(
         lease_rules[0].resources.as_deref(),
