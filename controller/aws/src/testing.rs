@@ -24,6 +24,10 @@ use aws_sdk_ec2::operation::describe_network_interfaces::DescribeNetworkInterfac
 use aws_sdk_ec2::types::{DomainType, Filter, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
 
+/// The SDK, for tests outside this crate that describe what EC2 holds (the controller keeps no
+/// SDK dependency of its own).
+pub use aws_sdk_ec2;
+
 const MOTO_MISSING: &str = "moto server is required for the egw-aws tests and is not installed: \
 run deploy/scripts/setup.sh (or `python3 -m pip install 'moto[server]==5.*'`)";
 
