@@ -129,6 +129,13 @@ async fn ec2_manager(
     metrics: &Metrics,
 ) -> Result<Option<Box<dyn AwsBackend>>, String> {
     let provider = egw_aws::Ec2Provider::from_env(settings).await;
+    let Some(region) = provider.region() else {
+        return Err(
+            "--aws: no AWS region found; set --aws-region (EGW_AWS_REGION) or AWS_REGION"
+                .to_owned(),
+        );
+    };
+    tracing::info!(%region, cluster = %options.cluster, "managing AWS gateways");
     Ok(Some(Box::new(AwsManager::new(
         provider,
         options,

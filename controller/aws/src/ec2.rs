@@ -109,6 +109,12 @@ impl Ec2Provider {
         Self::from_client(Client::from_conf(config.build()), settings.retry)
     }
 
+    /// The region the provider talks to, if the chain found one. Without it every call fails,
+    /// so a caller should refuse to start.
+    pub fn region(&self) -> Option<String> {
+        self.client.config().region().map(ToString::to_string)
+    }
+
     /// Uses `client` as built by the caller. Its own retries are turned off: the provider
     /// retries whole read-then-write steps instead, because blindly resending AllocateAddress
     /// after a lost response allocates a second address.

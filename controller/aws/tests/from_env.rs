@@ -36,6 +36,7 @@ fn provider_from_the_standard_chain_talks_to_the_endpoint_override() {
             attempt_timeout: Some(std::time::Duration::from_secs(30)),
         })
         .await;
+        assert_eq!(provider.region().as_deref(), Some("us-east-1"));
         let intent = GatewayAddressIntent {
             gateway: GatewayRef {
                 cluster: "prod-eu".into(),

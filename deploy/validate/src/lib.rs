@@ -734,6 +734,8 @@ pub const EGW_METRICS: &[&str] = &[
     "egw_natlog_events_dropped_total",
     "egw_controller_reconciles_total",
     "egw_controller_push_duration_seconds",
+    "egw_controller_aws_calls_total",
+    "egw_controller_aws_failovers_total",
 ];
 
 /// Problems in a Grafana dashboard: unparsable, duplicate panel ids, queries of
