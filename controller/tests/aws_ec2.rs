@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use egw_aws::testing::aws_sdk_ec2::types::Filter;
 use egw_aws::testing::aws_sdk_ec2::Client;
 use egw_aws::testing::{
-    allocate_foreign, create_network, create_route_table, egw_enis, eni_tag, instance_enis,
-    route_table_snapshot, run_instance, LoseResponsesAfter, Moto, Network, RecordRequests,
+    allocate_foreign, create_network, egw_enis, eni_tag, instance_enis, public_route_table,
+    route_table_snapshot, run_instance, LoseResponsesAfter, Moto, RecordRequests,
 };
 use egw_aws::{secondary_ips_tag_key, Ec2Provider, GatewayRef, TAG_GATEWAY};
 use egw_controller::aws::{AwsGatewayInput, AwsManager, AwsOptions, AwsReason, GatewayPod};
@@ -83,36 +83,6 @@ fn input(name: &str, pool: AwsPool, pods: Vec<GatewayPod>) -> AwsGatewayInput {
         stored_routes: Vec::new(),
         stored_failovers: Vec::new(),
     }
-}
-
-/// The pod subnet's route table: default route to an internet gateway of the network's VPC.
-async fn route_table_via_internet_gateway(client: &Client, network: &Network) -> (String, String) {
-    let internet_gateway = client
-        .create_internet_gateway()
-        .send()
-        .await
-        .unwrap()
-        .internet_gateway
-        .unwrap()
-        .internet_gateway_id
-        .unwrap();
-    client
-        .attach_internet_gateway()
-        .internet_gateway_id(&internet_gateway)
-        .vpc_id(&network.vpc_id)
-        .send()
-        .await
-        .unwrap();
-    let table = create_route_table(client, &network.vpc_id).await;
-    client
-        .create_route()
-        .route_table_id(&table)
-        .destination_cidr_block("0.0.0.0/0")
-        .gateway_id(&internet_gateway)
-        .send()
-        .await
-        .unwrap();
-    (table, internet_gateway)
 }
 
 /// What EC2 holds for one gateway, found only by egw's tags.
@@ -235,7 +205,7 @@ async fn secondary_ip_gateway_fails_over_addresses_and_routes_and_cleans_up_on_e
     let moto = Moto::start();
     let client = moto.client();
     let network = create_network(&client).await;
-    let (table, internet_gateway) = route_table_via_internet_gateway(&client, &network).await;
+    let (table, internet_gateway) = public_route_table(&client, &network.vpc_id).await;
     let table_before = route_table_snapshot(&client, &table).await;
     let instance_a = run_instance(&client, &network, "c5.large").await;
     let instance_b = run_instance(&client, &network, "c5.large").await;

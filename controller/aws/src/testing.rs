@@ -771,6 +771,18 @@ pub async fn create_route_lab(client: &Client) -> RouteLab {
         .unwrap()
         .subnet_id
         .unwrap();
+    let (route_table_id, internet_gateway_id) = public_route_table(client, &vpc_id).await;
+    RouteLab {
+        vpc_id,
+        subnet_id,
+        internet_gateway_id,
+        route_table_id,
+    }
+}
+
+/// An internet gateway attached to `vpc_id` and a new route table whose default route goes to
+/// it (a public subnet's table); returns (route table ID, internet gateway ID).
+pub async fn public_route_table(client: &Client, vpc_id: &str) -> (String, String) {
     let internet_gateway_id = client
         .create_internet_gateway()
         .send()
@@ -783,11 +795,11 @@ pub async fn create_route_lab(client: &Client) -> RouteLab {
     client
         .attach_internet_gateway()
         .internet_gateway_id(&internet_gateway_id)
-        .vpc_id(&vpc_id)
+        .vpc_id(vpc_id)
         .send()
         .await
         .unwrap();
-    let route_table_id = create_route_table(client, &vpc_id).await;
+    let route_table_id = create_route_table(client, vpc_id).await;
     client
         .create_route()
         .route_table_id(&route_table_id)
@@ -796,12 +808,7 @@ pub async fn create_route_lab(client: &Client) -> RouteLab {
         .send()
         .await
         .unwrap();
-    RouteLab {
-        vpc_id,
-        subnet_id,
-        internet_gateway_id,
-        route_table_id,
-    }
+    (route_table_id, internet_gateway_id)
 }
 
 pub async fn create_route_table(client: &Client, vpc_id: &str) -> String {
