@@ -257,6 +257,9 @@ pub struct Engine {
     events: Option<Vec<FlowEvent>>,
     event_capacity: usize,
     events_dropped: u64,
+    /// Whether [`process`](Self::process) tries the established-flow fast path first. Always
+    /// on outside tests, which turn it off to compare it with the full path.
+    fast_path: bool,
 }
 
 impl Engine {
@@ -309,6 +312,7 @@ impl Engine {
             events: None,
             event_capacity: 0,
             events_dropped: 0,
+            fast_path: true,
             config,
         })
     }
@@ -535,29 +539,31 @@ impl Engine {
     }
 
     /// The flow-index hash `process` will look up for `frame`, from a light parse (no checksum
-    /// verification, no fragments, no ICMP errors): only a hint for [`prefetch`](Self::prefetch).
+    /// verification, no IPv4 options, no fragments, no ICMP errors): only a hint for
+    /// [`prefetch`](Self::prefetch).
+    #[inline]
     fn peek_flow_hash(&self, frame: &[u8], ingress: Ingress) -> Option<(Direction, u64)> {
-        let mut l3 = packet::ETH_HEADER_LEN;
-        let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-        if ethertype == packet::ETHERTYPE_VLAN {
-            ethertype = u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]);
-            l3 += packet::VLAN_TAG_LEN;
-        }
-        if ethertype != packet::ETHERTYPE_IPV4 {
+        let l3 = match frame.get(12..14)? {
+            [0x08, 0x00] => packet::ETH_HEADER_LEN,
+            [0x81, 0x00] if frame.get(16..18)? == [0x08, 0x00] => {
+                packet::ETH_HEADER_LEN + packet::VLAN_TAG_LEN
+            }
+            _ => return None,
+        };
+        // The IPv4 header and the first 8 bytes of the transport header (ports or echo id).
+        let head: &[u8; 28] = frame.get(l3..l3 + 28)?.try_into().ok()?;
+        if head[0] != 0x45 {
             return None;
         }
-        let ip = frame.get(l3..)?;
-        let header_len = usize::from(*ip.first()? & 0x0f) * 4;
-        let l4 = ip.get(header_len..header_len + 8)?;
-        let src = Ipv4Addr::new(*ip.get(12)?, ip[13], ip[14], ip[15]);
-        let dst = Ipv4Addr::new(*ip.get(16)?, ip[17], ip[18], ip[19]);
-        let protocol = Protocol::from_number(ip[9])?;
+        let src = Ipv4Addr::new(head[12], head[13], head[14], head[15]);
+        let dst = Ipv4Addr::new(head[16], head[17], head[18], head[19]);
+        let protocol = Protocol::from_number(head[9])?;
         let (sport, dport) = match protocol {
             Protocol::Tcp | Protocol::Udp => (
-                u16::from_be_bytes([l4[0], l4[1]]),
-                u16::from_be_bytes([l4[2], l4[3]]),
+                u16::from_be_bytes([head[20], head[21]]),
+                u16::from_be_bytes([head[22], head[23]]),
             ),
-            Protocol::Icmp => (u16::from_be_bytes([l4[4], l4[5]]), 0),
+            Protocol::Icmp => (u16::from_be_bytes([head[24], head[25]]), 0),
         };
         let inbound = match ingress {
             Ingress::Inside => false,
@@ -604,7 +610,110 @@ impl Engine {
         if self.flows.expiry_due(now_s) {
             self.expire(now_s, EXPIRY_BUDGET_PER_PACKET);
         }
+        if self.fast_path {
+            if let Some(verdict) = self.translate_established(frame, len, ingress, now_s) {
+                return verdict;
+            }
+        }
         self.classify(frame, len, ingress, now)
+    }
+
+    /// The fast path for what nearly all traffic is: a plain TCP/UDP packet (see
+    /// [`packet::Plain`]) of a flow this core already tracks, forwardable as it is (TTL > 1,
+    /// within the MTU). Anything else returns `None` having changed nothing, and
+    /// [`classify`](Self::classify) handles it in full. Every check here is one the full path
+    /// makes too, in the same order where order matters, so both give the same verdict, bytes,
+    /// flow state and counters (`tests::fast_path_matches_full_path`).
+    #[inline]
+    fn translate_established(
+        &mut self,
+        frame: &mut [u8],
+        len: usize,
+        ingress: Ingress,
+        now_s: u32,
+    ) -> Option<Verdict> {
+        let p = packet::parse_plain(&frame[..len])?;
+        let inbound = match ingress {
+            Ingress::Inside => false,
+            Ingress::Outside => true,
+            Ingress::OneArmed => self.external(p.dst).is_some(),
+        };
+        if inbound {
+            self.established_inbound(frame, &p, now_s)
+        } else {
+            self.established_outbound(frame, &p, now_s)
+        }
+    }
+
+    #[inline]
+    fn established_outbound(
+        &mut self,
+        frame: &mut [u8],
+        p: &packet::Plain,
+        now_s: u32,
+    ) -> Option<Verdict> {
+        if p.ttl <= 1 || p.total_len > usize::from(self.config.outside_mtu) {
+            return None;
+        }
+        if self.outbound_owner(p.protocol, p.src, p.src_port) != self.config.core {
+            return None;
+        }
+        let key = FlowKey::new(p.protocol, p.src, p.src_port, p.dst, p.dst_port);
+        let slot = self.flows.find_outbound(&key, self.flows.hash(&key))?;
+        let flow = self.flows.get_mut(slot)?;
+        let (ext_ip, ext_port, state) = (flow.external_ip(), flow.external_port(), flow.state);
+        packet::rewrite_plain(frame, p, Endpoint::Source, ext_ip, ext_port)?;
+        flow.last_seen = now_s;
+        flow.packets_out = flow.packets_out.wrapping_add(1);
+        flow.bytes_out += p.total_len as u64;
+        if p.protocol == Protocol::Tcp {
+            let next = next_tcp_state(state, Direction::Outbound, p.tcp_flags);
+            self.flows.set_state(slot, next);
+        }
+        self.counters.outbound_packets += 1;
+        self.counters.outbound_bytes += p.total_len as u64;
+        Some(Verdict::Forward {
+            side: Side::Outside,
+            destination: p.dst,
+            len: p.l3 + p.total_len,
+        })
+    }
+
+    #[inline]
+    fn established_inbound(
+        &mut self,
+        frame: &mut [u8],
+        p: &packet::Plain,
+        now_s: u32,
+    ) -> Option<Verdict> {
+        if self.inbound_owner(p.dst_port) != Some(self.config.core) {
+            return None;
+        }
+        let key = FlowKey::new(p.protocol, p.dst, p.dst_port, p.src, p.src_port);
+        let slot = self.flows.find_inbound(&key, self.flows.hash(&key))?;
+        // The full path checks these after the lookup, which may create a flow (filtering):
+        // only a flow that already exists gets here.
+        if p.ttl <= 1 || p.total_len > usize::from(self.config.inside_mtu) {
+            return None;
+        }
+        let flow = self.flows.get_mut(slot)?;
+        let (pod_ip, pod_port, state) = (flow.pod_ip, flow.pod_port, flow.state);
+        packet::rewrite_plain(frame, p, Endpoint::Destination, pod_ip, pod_port)?;
+        flow.last_seen = now_s;
+        flow.packets_in = flow.packets_in.wrapping_add(1);
+        flow.bytes_in += p.total_len as u64;
+        let next = match p.protocol {
+            Protocol::Tcp => next_tcp_state(state, Direction::Inbound, p.tcp_flags),
+            _ => FlowState::Replied,
+        };
+        self.flows.set_state(slot, next);
+        self.counters.inbound_packets += 1;
+        self.counters.inbound_bytes += p.total_len as u64;
+        Some(Verdict::Forward {
+            side: Side::Inside,
+            destination: pod_ip,
+            len: p.l3 + p.total_len,
+        })
     }
 
     fn classify(
@@ -1285,4 +1394,296 @@ fn secs(now: Duration) -> u32 {
 #[inline]
 fn millis(now: Duration) -> u64 {
     now.as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
+    use crate::testkit::{Decoded, PacketBuilder, TcpFlags, L4};
+    use proptest::prelude::*;
+
+    const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+    const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+    const NOW: Duration = Duration::from_secs(100);
+
+    fn table() -> Arc<RouteTable> {
+        let spec = RouteTableSpec {
+            public_addresses: Default::default(),
+            generation: 1,
+            pools: vec![PoolSpec {
+                name: "egress".into(),
+                addresses: vec![EXTERNAL],
+                pairing: false,
+            }],
+            policies: vec![PolicySpec {
+                name: "all".into(),
+                rules: vec![RuleSpec {
+                    destination: "0.0.0.0/0".parse().expect("cidr"),
+                    action: ActionSpec::Snat {
+                        pool: "egress".into(),
+                    },
+                    description: String::new(),
+                }],
+                default_action: None,
+            }],
+            sources: vec![SourceSpec {
+                cidr: "10.244.0.0/16".parse().expect("cidr"),
+                policy: "all".into(),
+            }],
+            default_action: ActionSpec::Deny {
+                reason: "no policy".into(),
+            },
+        };
+        Arc::new(RouteTable::compile(spec).expect("table compiles"))
+    }
+
+    fn engine(fast_path: bool, mtu: u16) -> Engine {
+        let mut e = Engine::new(EngineConfig {
+            inside_address: Ipv4Addr::new(10, 244, 0, 1),
+            inside_mtu: mtu,
+            outside_mtu: mtu,
+            ..EngineConfig::default()
+        })
+        .expect("config");
+        e.fast_path = fast_path;
+        e.set_route_table(table());
+        e
+    }
+
+    /// One flow of the comparison: protocol, pod port, remote endpoint.
+    #[derive(Clone, Debug)]
+    struct FlowSpec {
+        tcp: bool,
+        pod_port: u16,
+        remote: Ipv4Addr,
+        remote_port: u16,
+    }
+
+    /// One packet of the comparison, in either direction, with the header variations that send
+    /// a packet down one path or the other.
+    #[derive(Clone, Debug)]
+    struct Step {
+        flow: usize,
+        inbound: bool,
+        ttl: u8,
+        flags: u8,
+        payload: usize,
+        vlan: Option<u16>,
+        dont_fragment: bool,
+        more_fragments: bool,
+        options: bool,
+        zero_udp_checksum: bool,
+        bad_ip_checksum: bool,
+        /// Inbound only: aim at a port the flow does not own.
+        wrong_port: bool,
+        one_armed: bool,
+    }
+
+    fn flow_spec() -> impl Strategy<Value = FlowSpec> {
+        (any::<bool>(), 1024u16.., 1u32..200, 1u16..).prop_map(|(tcp, pod_port, r, remote_port)| {
+            FlowSpec {
+                tcp,
+                pod_port,
+                remote: Ipv4Addr::new(203, 0, 113, r as u8),
+                remote_port,
+            }
+        })
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            (
+                0usize..8,
+                any::<bool>(),
+                prop_oneof![Just(64u8), Just(2), Just(1), Just(0)],
+            ),
+            (any::<u8>(), 0usize..300, proptest::option::of(1u16..4095)),
+            (
+                any::<bool>(),
+                prop::bool::weighted(0.1),
+                prop::bool::weighted(0.1),
+            ),
+            (
+                prop::bool::weighted(0.2),
+                prop::bool::weighted(0.1),
+                prop::bool::weighted(0.1),
+                prop::bool::weighted(0.2),
+            ),
+        )
+            .prop_map(
+                |(
+                    (flow, inbound, ttl),
+                    (flags, payload, vlan),
+                    (dont_fragment, more_fragments, options),
+                    (zero_udp_checksum, bad_ip_checksum, wrong_port, one_armed),
+                )| Step {
+                    flow,
+                    inbound,
+                    ttl,
+                    flags,
+                    payload,
+                    vlan,
+                    dont_fragment,
+                    more_fragments,
+                    options,
+                    zero_udp_checksum,
+                    bad_ip_checksum,
+                    wrong_port,
+                    one_armed,
+                },
+            )
+    }
+
+    fn frame(f: &FlowSpec, s: &Step, external: Option<(Ipv4Addr, u16)>) -> Vec<u8> {
+        let (src, sport, dst, dport) = match (s.inbound, external) {
+            (true, Some((ip, port))) => {
+                let port = if s.wrong_port { port ^ 1 } else { port };
+                (f.remote, f.remote_port, ip, port)
+            }
+            (true, None) => (f.remote, f.remote_port, EXTERNAL, 2000),
+            (false, _) => (POD, f.pod_port, f.remote, f.remote_port),
+        };
+        let mut b = PacketBuilder::new()
+            .ipv4(src, dst)
+            .ttl(s.ttl)
+            .dont_fragment(s.dont_fragment);
+        if let Some(vid) = s.vlan {
+            b = b.vlan(vid);
+        }
+        if s.options {
+            b = b.options(&[1, 1, 1, 1]);
+        }
+        if s.more_fragments {
+            b = b.fragment(0, true);
+        }
+        b = if f.tcp {
+            b.tcp(sport, dport).flags(TcpFlags(s.flags))
+        } else if s.zero_udp_checksum {
+            b.udp(sport, dport).udp_zero_checksum()
+        } else {
+            b.udp(sport, dport)
+        };
+        b = b.payload(&vec![0x5a; s.payload]);
+        if s.bad_ip_checksum {
+            b = b.bad_ip_checksum();
+        }
+        b.build()
+    }
+
+    fn flows(e: &Engine) -> Vec<FlowInfo> {
+        let mut out = vec![];
+        e.list_flows(
+            &FlowFilter::default(),
+            0,
+            usize::MAX,
+            u32::MAX,
+            NOW,
+            &mut out,
+        );
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// The established-flow fast path and the full path give the same verdict, the same
+        /// output bytes, the same counters and the same flow table for any sequence of packets
+        /// of a few flows in both directions, including every variation that must leave the
+        /// fast path (options, fragments, TTL expiry, MTU, bad checksums, unknown ports).
+        #[test]
+        fn fast_path_matches_full_path(
+            specs in proptest::collection::vec(flow_spec(), 1..8),
+            steps in proptest::collection::vec(step(), 1..40),
+            mtu in prop_oneof![Just(1500u16), Just(200)],
+        ) {
+            let mut fast = engine(true, mtu);
+            let mut full = engine(false, mtu);
+            let mut external: Vec<Option<(Ipv4Addr, u16)>> = vec![None; specs.len()];
+            for s in &steps {
+                let i = s.flow % specs.len();
+                let f = &specs[i];
+                let original = frame(f, s, external[i]);
+                let ingress = match (s.one_armed, s.inbound) {
+                    (true, _) => Ingress::OneArmed,
+                    (false, true) => Ingress::Outside,
+                    (false, false) => Ingress::Inside,
+                };
+                let mut a = original.clone();
+                a.resize(original.len() + 600, 0);
+                let mut b = a.clone();
+                let va = fast.process(&mut a, original.len(), ingress, NOW);
+                let vb = full.process(&mut b, original.len(), ingress, NOW);
+                prop_assert_eq!(va, vb);
+                prop_assert_eq!(&a, &b);
+                if let (Verdict::Forward { len, side: Side::Outside, .. }, false) = (va, s.inbound) {
+                    if let Ok(d) = Decoded::parse(&a[..len]) {
+                        match d.l4 {
+                            L4::Tcp(t) => external[i] = Some((d.ipv4.src, t.src_port)),
+                            L4::Udp(u) => external[i] = Some((d.ipv4.src, u.src_port)),
+                            _ => {}
+                        }
+                    }
+                }
+                prop_assert_eq!(fast.counters(), full.counters());
+            }
+            prop_assert_eq!(flows(&fast), flows(&full));
+        }
+    }
+
+    /// The fast path takes an established flow's packets in both directions, and declines a
+    /// flow's first packet without touching the frame or the engine.
+    #[test]
+    fn fast_path_takes_established_packets_and_declines_first_ones() {
+        let mut e = engine(true, 1500);
+        let remote = Ipv4Addr::new(203, 0, 113, 7);
+        let first = PacketBuilder::new()
+            .ipv4(POD, remote)
+            .udp(40000, 53)
+            .build();
+        let mut f = first.clone();
+        let len = f.len();
+        assert_eq!(
+            e.translate_established(&mut f, len, Ingress::Inside, 100),
+            None
+        );
+        assert_eq!(f, first, "a declined frame is left as it was");
+        assert_eq!(e.counters(), &Counters::default());
+
+        let Verdict::Forward { .. } = e.process(&mut f, len, Ingress::Inside, NOW) else {
+            panic!("the first packet creates the flow");
+        };
+        let d = Decoded::parse(&f).expect("decodes");
+        let L4::Udp(u) = d.l4 else { panic!("udp") };
+        let (ext_ip, ext_port) = (d.ipv4.src, u.src_port);
+
+        let mut again = first.clone();
+        let out = e.translate_established(&mut again, len, Ingress::Inside, 100);
+        assert!(
+            matches!(
+                out,
+                Some(Verdict::Forward {
+                    side: Side::Outside,
+                    ..
+                })
+            ),
+            "{out:?}"
+        );
+        let mut reply = PacketBuilder::new()
+            .ipv4(remote, ext_ip)
+            .udp(53, ext_port)
+            .build();
+        let out = e.translate_established(&mut reply, len, Ingress::Outside, 100);
+        assert_eq!(
+            out,
+            Some(Verdict::Forward {
+                side: Side::Inside,
+                destination: POD,
+                len
+            })
+        );
+        let d = Decoded::parse(&reply).expect("decodes");
+        assert!(d.checksums_ok(), "{d}");
+        assert_eq!(d.ipv4.dst, POD);
+    }
 }
