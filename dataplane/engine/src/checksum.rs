@@ -60,7 +60,7 @@ pub fn checksum(bytes: &[u8]) -> u16 {
 /// The one's-complement sum does not depend on byte order (RFC 1071 section 2 (B)), and a correct
 /// header sums to 0xffff, which reads the same in either order: so the words are summed as they
 /// lie in memory, without swapping bytes.
-#[inline]
+#[inline(always)]
 pub fn header_checksum_valid(header: &[u8; 20]) -> bool {
     let word = |i: usize| {
         u64::from(u32::from_ne_bytes([

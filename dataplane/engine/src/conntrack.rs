@@ -338,6 +338,22 @@ impl Bucket {
     }
 }
 
+/// Where a lookup starts: an index and a bucket position in it (see
+/// [`FlowTable::home_bucket`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HomeBucket {
+    direction: Direction,
+    index: usize,
+}
+
+impl HomeBucket {
+    /// A position no index has: touching it loads nothing.
+    pub const NONE: HomeBucket = HomeBucket {
+        direction: Direction::Outbound,
+        index: usize::MAX,
+    };
+}
+
 /// An open-addressing index from a key hash to a slab slot. Keys live in the slab; the index
 /// stores only the hash tag, so equality is decided by the caller's `matches(slot)`.
 ///
@@ -449,11 +465,16 @@ impl Index {
         self.buckets[hole] = 0;
     }
 
-    /// Loads the home bucket of `hash` (and returns it so the load cannot be optimised away):
-    /// the first of the two memory accesses a lookup makes, issued ahead for a whole batch.
+    /// The home bucket of `hash`: where a lookup starts.
     #[inline]
-    fn touch_home(&self, hash: u64) -> u64 {
-        self.buckets[self.home(Self::tag(hash))]
+    fn home_of(&self, hash: u64) -> usize {
+        self.home(Self::tag(hash))
+    }
+
+    /// The bucket at `i` (0, empty, if out of range).
+    #[inline]
+    fn bucket_at(&self, i: usize) -> u64 {
+        self.buckets.get(i).copied().unwrap_or(0)
     }
 
     fn region(&self) -> (usize, usize) {
@@ -568,21 +589,41 @@ impl FlowTable {
         self.hasher.flow(key)
     }
 
-    /// Issues the bucket load for a lookup of `hash` (first prefetch pass of a batch).
+    /// Where a lookup of `hash` in `direction`'s index starts, for [`touch_bucket`] and
+    /// [`touch_flow`]. Computing it touches no table memory.
+    ///
+    /// [`touch_bucket`]: Self::touch_bucket
+    /// [`touch_flow`]: Self::touch_flow
     #[inline]
-    pub fn touch_bucket(&self, direction: Direction, hash: u64) -> u64 {
-        match direction {
-            Direction::Outbound => self.outbound.touch_home(hash),
-            Direction::Inbound => self.inbound.touch_home(hash),
-        }
+    pub fn home_bucket(&self, direction: Direction, hash: u64) -> HomeBucket {
+        let index = match direction {
+            Direction::Outbound => self.outbound.home_of(hash),
+            Direction::Inbound => self.inbound.home_of(hash),
+        };
+        HomeBucket { direction, index }
     }
 
-    /// Issues the slab loads of the flow the home bucket of `hash` points at (second prefetch
-    /// pass: the bucket is in cache by now): its first and last fields, so both of its cache
-    /// lines. Returns a value derived from the loads.
     #[inline]
-    pub fn touch_flow(&self, direction: Direction, hash: u64) -> u64 {
-        let bucket = Bucket(self.touch_bucket(direction, hash));
+    fn bucket(&self, home: HomeBucket) -> Bucket {
+        Bucket(match home.direction {
+            Direction::Outbound => self.outbound.bucket_at(home.index),
+            Direction::Inbound => self.inbound.bucket_at(home.index),
+        })
+    }
+
+    /// Loads a lookup's home bucket (first prefetch pass of a batch). Returns a value derived
+    /// from the load, so that it is not optimised away.
+    #[inline]
+    pub fn touch_bucket(&self, home: HomeBucket) -> u64 {
+        self.bucket(home).0
+    }
+
+    /// Loads the flow the home bucket points at (second prefetch pass: the bucket is in cache by
+    /// now): its first and last fields, so both of its cache lines. Returns a value derived from
+    /// the loads.
+    #[inline]
+    pub fn touch_flow(&self, home: HomeBucket) -> u64 {
+        let bucket = self.bucket(home);
         if bucket.tag() == 0 {
             return 0;
         }

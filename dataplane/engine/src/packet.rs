@@ -343,7 +343,10 @@ pub(crate) fn parse_plain(frame: &[u8]) -> Option<Plain> {
 /// [`rewrite_endpoint_and_decrement_ttl`] for a [`Plain`] packet, with the same incremental
 /// checksum arithmetic and so the same bytes. Every bounds check happens before the first write:
 /// `None` means `frame` is not the frame `p` was read from, and nothing was changed.
-#[inline]
+///
+/// One's-complement sums commute with byte swapping (RFC 1071 section 2 (B)), so every 16-bit
+/// word is read and written in memory order and no byte is swapped on the way.
+#[inline(always)]
 pub(crate) fn rewrite_plain(
     frame: &mut [u8],
     p: &Plain,
@@ -362,35 +365,30 @@ pub(crate) fn rewrite_plain(
         Endpoint::Source => (ip::SRC, 0),
         Endpoint::Destination => (ip::DST, 2),
     };
-    let old_addr = Ipv4Addr::new(
-        header[addr_at],
-        header[addr_at + 1],
-        header[addr_at + 2],
-        header[addr_at + 3],
-    );
-    let address_delta = ChecksumDelta::new().address(old_addr, addr);
+    let word = |bytes: &[u8], at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
+    let new_addr = addr.octets();
+    let address_delta = ChecksumDelta::new()
+        .word(word(header, addr_at), word(&new_addr, 0))
+        .word(word(header, addr_at + 2), word(&new_addr, 2));
 
-    let old_ttl_word = u16::from_be_bytes([header[ip::TTL], header[ip::PROTO]]);
-    let ttl = header[ip::TTL].saturating_sub(1);
-    let new_ttl_word = u16::from_be_bytes([ttl, header[ip::PROTO]]);
-    header[ip::TTL] = ttl;
-    header[addr_at..addr_at + 4].copy_from_slice(&addr.octets());
-    let header_sum = u16::from_be_bytes([header[ip::CHECKSUM], header[ip::CHECKSUM + 1]]);
-    let header_sum = address_delta
-        .word(old_ttl_word, new_ttl_word)
-        .apply(header_sum);
-    header[ip::CHECKSUM..ip::CHECKSUM + 2].copy_from_slice(&header_sum.to_be_bytes());
+    let old_ttl_word = word(header, ip::TTL);
+    header[ip::TTL] = header[ip::TTL].saturating_sub(1);
+    let header_delta = address_delta.word(old_ttl_word, word(header, ip::TTL));
+    header[addr_at..addr_at + 4].copy_from_slice(&new_addr);
+    let header_sum = header_delta.apply(word(header, ip::CHECKSUM));
+    header[ip::CHECKSUM..ip::CHECKSUM + 2].copy_from_slice(&header_sum.to_ne_bytes());
 
-    let old_port = u16::from_be_bytes([l4[port_at], l4[port_at + 1]]);
-    l4[port_at..port_at + 2].copy_from_slice(&port.to_be_bytes());
+    let new_port = port.to_be_bytes();
     // The pseudo-header covers the addresses.
-    let l4_delta = address_delta.word(old_port, port);
-    let l4_sum = u16::from_be_bytes([l4[l4_checksum_at], l4[l4_checksum_at + 1]]);
+    let l4_delta = address_delta.word(word(l4, port_at), word(&new_port, 0));
+    l4[port_at..port_at + 2].copy_from_slice(&new_port);
+    let l4_sum = word(l4, l4_checksum_at);
+    // apply_udp's zero tests mean the same in either byte order.
     let l4_sum = match p.protocol {
         Protocol::Udp => l4_delta.apply_udp(l4_sum),
         _ => l4_delta.apply(l4_sum),
     };
-    l4[l4_checksum_at..l4_checksum_at + 2].copy_from_slice(&l4_sum.to_be_bytes());
+    l4[l4_checksum_at..l4_checksum_at + 2].copy_from_slice(&l4_sum.to_ne_bytes());
     Some(())
 }
 
