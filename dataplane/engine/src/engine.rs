@@ -240,6 +240,19 @@ impl IcmpRateLimit {
     }
 }
 
+/// What the established-flow fast path did with a plain packet.
+enum Established {
+    Forwarded(Verdict),
+    /// An outbound packet that passed every check before the flow lookup, and has no flow: the
+    /// first packet of a new flow.
+    FirstOutbound {
+        key: FlowKey,
+        hash: u64,
+    },
+    /// Anything else the fast path does not handle; nothing was changed.
+    Declined,
+}
+
 /// One core's NAT engine.
 pub struct Engine {
     config: EngineConfig,
@@ -619,58 +632,80 @@ impl Engine {
             self.expire(now_s, EXPIRY_BUDGET_PER_PACKET);
         }
         if self.fast_path {
-            if let Some(verdict) = self.translate_established(frame, len, ingress, now_s) {
+            if let Some(verdict) = self.translate_plain(frame, len, ingress, now) {
                 return verdict;
             }
         }
         self.classify(frame, len, ingress, now)
     }
 
-    /// The fast path for what nearly all traffic is: a plain TCP/UDP packet (see
-    /// [`packet::Plain`]) of a flow this core already tracks, forwardable as it is (TTL > 1,
-    /// within the MTU). Anything else returns `None` having changed nothing, and
-    /// [`classify`](Self::classify) handles it in full. Every check here is one the full path
-    /// makes too, in the same order where order matters, so both give the same verdict, bytes,
-    /// flow state and counters (`tests::fast_path_matches_full_path`).
+    /// A plain TCP/UDP packet (see [`packet::Plain`]) takes the established-flow fast path; one
+    /// the fast path declines goes on to the full path without being parsed again. `None`: not
+    /// a plain packet, for [`classify`](Self::classify).
     #[inline]
-    fn translate_established(
+    fn translate_plain(
         &mut self,
         frame: &mut [u8],
         len: usize,
         ingress: Ingress,
-        now_s: u32,
+        now: Duration,
     ) -> Option<Verdict> {
         let p = packet::parse_plain(&frame[..len])?;
+        let now_s = secs(now);
         let inbound = match ingress {
             Ingress::Inside => false,
             Ingress::Outside => true,
             Ingress::OneArmed => self.external(p.dst).is_some(),
         };
-        if inbound {
-            self.established_inbound(frame, &p, now_s)
+        let established = if inbound {
+            match self.established_inbound(frame, &p, now_s) {
+                Some(verdict) => Established::Forwarded(verdict),
+                None => Established::Declined,
+            }
         } else {
             self.established_outbound(frame, &p, now_s)
-        }
+        };
+        Some(match established {
+            Established::Forwarded(verdict) => verdict,
+            // Every check before the full path's flow creation has passed: go straight there.
+            Established::FirstOutbound { key, hash } => {
+                self.first_outbound(frame, &p.to_parsed(), &key, hash, now)
+            }
+            Established::Declined if inbound => self.inbound(frame, &p.to_parsed(), now),
+            Established::Declined => self.outbound(frame, &p.to_parsed(), now),
+        })
     }
 
+    /// The fast path for what nearly all traffic is: a plain packet of a flow this core already
+    /// tracks, forwardable as it is (TTL > 1, within the MTU). Anything else returns `None`
+    /// having changed nothing, for the full path. Every check here is one the full path makes
+    /// too, in the same order where order matters, so both give the same verdict, bytes, flow
+    /// state and counters (`tests::fast_path_matches_full_path`).
     #[inline]
     fn established_outbound(
         &mut self,
         frame: &mut [u8],
         p: &packet::Plain,
         now_s: u32,
-    ) -> Option<Verdict> {
+    ) -> Established {
         if p.ttl <= 1 || p.total_len > usize::from(self.config.outside_mtu) {
-            return None;
+            return Established::Declined;
         }
         if self.outbound_owner(p.protocol, p.src, p.src_port) != self.config.core {
-            return None;
+            return Established::Declined;
         }
         let key = FlowKey::new(p.protocol, p.src, p.src_port, p.dst, p.dst_port);
-        let slot = self.flows.find_outbound(&key, self.flows.hash(&key))?;
-        let flow = self.flows.get_mut(slot)?;
+        let hash = self.flows.hash(&key);
+        let Some(slot) = self.flows.find_outbound(&key, hash) else {
+            return Established::FirstOutbound { key, hash };
+        };
+        let Some(flow) = self.flows.get_mut(slot) else {
+            return Established::Declined;
+        };
         let (ext_ip, ext_port, state) = (flow.external_ip(), flow.external_port(), flow.state);
-        packet::rewrite_plain(frame, p, Endpoint::Source, ext_ip, ext_port)?;
+        if packet::rewrite_plain(frame, p, Endpoint::Source, ext_ip, ext_port).is_none() {
+            return Established::Declined;
+        }
         flow.last_seen = now_s;
         flow.packets_out = flow.packets_out.wrapping_add(1);
         flow.bytes_out += p.total_len as u64;
@@ -682,7 +717,7 @@ impl Engine {
         }
         self.counters.outbound_packets += 1;
         self.counters.outbound_bytes += p.total_len as u64;
-        Some(Verdict::Forward {
+        Established::Forwarded(Verdict::Forward {
             side: Side::Outside,
             destination: p.dst,
             len: p.l3 + p.total_len,
@@ -878,7 +913,6 @@ impl Engine {
     }
 
     fn outbound_flow(&mut self, frame: &mut [u8], p: &Parsed, now: Duration) -> Verdict {
-        let now_s = secs(now);
         let Some(protocol) = Protocol::from_number(p.protocol) else {
             return self.drop(DropReason::UnsupportedProtocol);
         };
@@ -891,24 +925,48 @@ impl Engine {
         }
         let key = FlowKey::new(protocol, p.src, src_port, p.dst, dst_port);
         let hash = self.flows.hash(&key);
-        let slot = match self.flows.find_outbound(&key, hash) {
-            Some(slot) => slot,
-            None => match self.table.lookup(p.src, p.dst) {
-                Decision::Bypass => return self.bypass(frame, p, now),
-                Decision::Deny(_) => {
-                    let reason = if self.table.source_has_policy(p.src) {
-                        DropReason::Denied
-                    } else {
-                        DropReason::NoPolicy
-                    };
-                    return self.drop(reason);
-                }
-                Decision::Snat(pool) => match self.new_outbound_flow(p, &key, hash, pool, now_s) {
-                    Ok(slot) => slot,
-                    Err(reason) => return self.drop(reason),
-                },
+        match self.flows.find_outbound(&key, hash) {
+            Some(slot) => self.forward_outbound(frame, p, slot, now),
+            None => self.first_outbound(frame, p, &key, hash, now),
+        }
+    }
+
+    /// The first packet of a pod endpoint → remote endpoint pair (no flow yet): bypass, deny or
+    /// create the flow, per the route table.
+    fn first_outbound(
+        &mut self,
+        frame: &mut [u8],
+        p: &Parsed,
+        key: &FlowKey,
+        hash: u64,
+        now: Duration,
+    ) -> Verdict {
+        let slot = match self.table.lookup(p.src, p.dst) {
+            Decision::Bypass => return self.bypass(frame, p, now),
+            Decision::Deny(_) => {
+                let reason = if self.table.source_has_policy(p.src) {
+                    DropReason::Denied
+                } else {
+                    DropReason::NoPolicy
+                };
+                return self.drop(reason);
+            }
+            Decision::Snat(pool) => match self.new_outbound_flow(p, key, hash, pool, secs(now)) {
+                Ok(slot) => slot,
+                Err(reason) => return self.drop(reason),
             },
         };
+        self.forward_outbound(frame, p, slot, now)
+    }
+
+    fn forward_outbound(
+        &mut self,
+        frame: &mut [u8],
+        p: &Parsed,
+        slot: u32,
+        now: Duration,
+    ) -> Verdict {
+        let now_s = secs(now);
         let Some(flow) = self.flows.get_mut(slot) else {
             return self.drop(DropReason::NoFlow);
         };
@@ -1652,6 +1710,18 @@ mod tests {
         }
     }
 
+    fn established(e: &mut Engine, frame: &mut [u8], inbound: bool) -> Option<Verdict> {
+        let p = packet::parse_plain(frame).expect("a plain packet");
+        if inbound {
+            e.established_inbound(frame, &p, NOW.as_secs() as u32)
+        } else {
+            match e.established_outbound(frame, &p, NOW.as_secs() as u32) {
+                Established::Forwarded(verdict) => Some(verdict),
+                Established::FirstOutbound { .. } | Established::Declined => None,
+            }
+        }
+    }
+
     /// The fast path takes an established flow's packets in both directions, and declines a
     /// flow's first packet without touching the frame or the engine.
     #[test]
@@ -1664,10 +1734,7 @@ mod tests {
             .build();
         let mut f = first.clone();
         let len = f.len();
-        assert_eq!(
-            e.translate_established(&mut f, len, Ingress::Inside, 100),
-            None
-        );
+        assert_eq!(established(&mut e, &mut f, false), None);
         assert_eq!(f, first, "a declined frame is left as it was");
         assert_eq!(e.counters(), &Counters::default());
 
@@ -1679,7 +1746,7 @@ mod tests {
         let (ext_ip, ext_port) = (d.ipv4.src, u.src_port);
 
         let mut again = first.clone();
-        let out = e.translate_established(&mut again, len, Ingress::Inside, 100);
+        let out = established(&mut e, &mut again, false);
         assert!(
             matches!(
                 out,
@@ -1694,7 +1761,7 @@ mod tests {
             .ipv4(remote, ext_ip)
             .udp(53, ext_port)
             .build();
-        let out = e.translate_established(&mut reply, len, Ingress::Outside, 100);
+        let out = established(&mut e, &mut reply, true);
         assert_eq!(
             out,
             Some(Verdict::Forward {

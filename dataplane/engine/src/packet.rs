@@ -273,9 +273,46 @@ pub(crate) struct Plain {
     pub src_port: u16,
     pub dst_port: u16,
     pub ttl: u8,
+    pub id: u16,
     pub dont_fragment: bool,
     /// TCP flags; 0 for UDP.
     pub tcp_flags: u8,
+}
+
+impl Plain {
+    /// The [`Parsed`] view [`parse`] gives of the same frame, so that a packet the fast path
+    /// declines goes on to the full path without being parsed again.
+    #[inline]
+    pub(crate) fn to_parsed(&self) -> Parsed {
+        let transport = match self.protocol {
+            Protocol::Tcp => Transport::Tcp {
+                src_port: self.src_port,
+                dst_port: self.dst_port,
+                flags: self.tcp_flags,
+            },
+            // parse_plain reads nothing but TCP and UDP.
+            Protocol::Udp | Protocol::Icmp => Transport::Udp {
+                src_port: self.src_port,
+                dst_port: self.dst_port,
+            },
+        };
+        Parsed {
+            l3: self.l3,
+            header_len: IPV4_MIN_HEADER_LEN,
+            total_len: self.total_len,
+            protocol: self.protocol.number(),
+            src: self.src,
+            dst: self.dst,
+            ttl: self.ttl,
+            frag: Fragmentation {
+                id: self.id,
+                dont_fragment: self.dont_fragment,
+                more_fragments: false,
+                offset: 0,
+            },
+            transport,
+        }
+    }
 }
 
 /// Reads a plain packet (see [`Plain`]), or `None` for anything else — other shapes and every
@@ -335,6 +372,7 @@ pub(crate) fn parse_plain(frame: &[u8]) -> Option<Plain> {
         src_port: u16::from_be_bytes([l4[0], l4[1]]),
         dst_port: u16::from_be_bytes([l4[2], l4[3]]),
         ttl: header[ip::TTL],
+        id: u16::from_be_bytes([header[ip::ID], header[ip::ID + 1]]),
         dont_fragment: flags_frag & IP_FLAG_DF != 0,
         tcp_flags,
     })
@@ -826,7 +864,8 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// `parse_plain` accepts a frame only where `parse` does, with the same fields, and
+        /// `parse_plain` accepts a frame only where `parse` does, with the same fields (and
+        /// `to_parsed` gives exactly what `parse` gives), and
         /// accepts every valid plain one: checked on valid frames with one byte changed and the
         /// frame cut anywhere.
         #[test]
@@ -847,6 +886,7 @@ mod tests {
             match parse_plain(frame) {
                 Some(plain) => {
                     let p = full.expect("parse accepts what parse_plain accepts");
+                    proptest::prop_assert_eq!(plain.to_parsed(), p);
                     proptest::prop_assert_eq!(p.l3, plain.l3);
                     proptest::prop_assert_eq!(p.header_len, IPV4_MIN_HEADER_LEN);
                     proptest::prop_assert_eq!(p.total_len, plain.total_len);
