@@ -240,19 +240,6 @@ impl IcmpRateLimit {
     }
 }
 
-/// What the established-flow fast path did with a plain packet.
-enum Established {
-    Forwarded(Verdict),
-    /// An outbound packet that passed every check before the flow lookup, and has no flow: the
-    /// first packet of a new flow.
-    FirstOutbound {
-        key: FlowKey,
-        hash: u64,
-    },
-    /// Anything else the fast path does not handle; nothing was changed.
-    Declined,
-}
-
 /// One core's NAT engine.
 pub struct Engine {
     config: EngineConfig,
@@ -632,48 +619,69 @@ impl Engine {
             self.expire(now_s, EXPIRY_BUDGET_PER_PACKET);
         }
         if self.fast_path {
-            if let Some(verdict) = self.translate_plain(frame, len, ingress, now) {
-                return verdict;
+            if let Some(p) = packet::parse_plain(&frame[..len]) {
+                return self.translate_plain(frame, &p, ingress, now);
             }
         }
         self.classify(frame, len, ingress, now)
     }
 
     /// A plain TCP/UDP packet (see [`packet::Plain`]) takes the established-flow fast path; one
-    /// the fast path declines goes on to the full path without being parsed again. `None`: not
-    /// a plain packet, for [`classify`](Self::classify).
+    /// the fast path declines goes on to the full path without being parsed again.
     #[inline]
     fn translate_plain(
         &mut self,
         frame: &mut [u8],
-        len: usize,
+        p: &packet::Plain,
         ingress: Ingress,
         now: Duration,
-    ) -> Option<Verdict> {
-        let p = packet::parse_plain(&frame[..len])?;
-        let now_s = secs(now);
+    ) -> Verdict {
         let inbound = match ingress {
             Ingress::Inside => false,
             Ingress::Outside => true,
             Ingress::OneArmed => self.external(p.dst).is_some(),
         };
-        let established = if inbound {
-            match self.established_inbound(frame, &p, now_s) {
-                Some(verdict) => Established::Forwarded(verdict),
-                None => Established::Declined,
+        if inbound {
+            if let Some(verdict) = self.established_inbound(frame, p, secs(now)) {
+                return verdict;
             }
+        } else if let Some(verdict) = self.established_outbound(frame, p, now) {
+            return verdict;
+        }
+        self.declined_plain(frame, p, inbound, now)
+    }
+
+    /// The full path for a plain packet the fast path declined. Out of line, so that the fast
+    /// path's own code stays small.
+    #[cold]
+    #[inline(never)]
+    fn declined_plain(
+        &mut self,
+        frame: &mut [u8],
+        p: &packet::Plain,
+        inbound: bool,
+        now: Duration,
+    ) -> Verdict {
+        let parsed = p.to_parsed();
+        if inbound {
+            self.inbound(frame, &parsed, now)
         } else {
-            self.established_outbound(frame, &p, now_s)
-        };
-        Some(match established {
-            Established::Forwarded(verdict) => verdict,
-            // Every check before the full path's flow creation has passed: go straight there.
-            Established::FirstOutbound { key, hash } => {
-                self.first_outbound(frame, &p.to_parsed(), &key, hash, now)
-            }
-            Established::Declined if inbound => self.inbound(frame, &p.to_parsed(), now),
-            Established::Declined => self.outbound(frame, &p.to_parsed(), now),
-        })
+            self.outbound(frame, &parsed, now)
+        }
+    }
+
+    /// [`first_outbound`](Self::first_outbound) for a plain packet, out of line for the same
+    /// reason. Hashing the key again here costs less than keeping it alive through the fast path.
+    #[inline(never)]
+    fn first_outbound_plain(
+        &mut self,
+        frame: &mut [u8],
+        p: &packet::Plain,
+        now: Duration,
+    ) -> Verdict {
+        let key = FlowKey::new(p.protocol, p.src, p.src_port, p.dst, p.dst_port);
+        let hash = self.flows.hash(&key);
+        self.first_outbound(frame, &p.to_parsed(), &key, hash, now)
     }
 
     /// The fast path for what nearly all traffic is: a plain packet of a flow this core already
@@ -681,31 +689,31 @@ impl Engine {
     /// having changed nothing, for the full path. Every check here is one the full path makes
     /// too, in the same order where order matters, so both give the same verdict, bytes, flow
     /// state and counters (`tests::fast_path_matches_full_path`).
+    ///
+    /// An outbound packet that passes every check before the flow lookup and finds no flow is
+    /// the first of a new flow: it goes straight to the full path's flow creation, without a
+    /// second parse and lookup.
     #[inline]
     fn established_outbound(
         &mut self,
         frame: &mut [u8],
         p: &packet::Plain,
-        now_s: u32,
-    ) -> Established {
+        now: Duration,
+    ) -> Option<Verdict> {
         if p.ttl <= 1 || p.total_len > usize::from(self.config.outside_mtu) {
-            return Established::Declined;
+            return None;
         }
         if self.outbound_owner(p.protocol, p.src, p.src_port) != self.config.core {
-            return Established::Declined;
+            return None;
         }
         let key = FlowKey::new(p.protocol, p.src, p.src_port, p.dst, p.dst_port);
-        let hash = self.flows.hash(&key);
-        let Some(slot) = self.flows.find_outbound(&key, hash) else {
-            return Established::FirstOutbound { key, hash };
+        let Some(slot) = self.flows.find_outbound(&key, self.flows.hash(&key)) else {
+            return Some(self.first_outbound_plain(frame, p, now));
         };
-        let Some(flow) = self.flows.get_mut(slot) else {
-            return Established::Declined;
-        };
+        let now_s = secs(now);
+        let flow = self.flows.get_mut(slot)?;
         let (ext_ip, ext_port, state) = (flow.external_ip(), flow.external_port(), flow.state);
-        if packet::rewrite_plain(frame, p, Endpoint::Source, ext_ip, ext_port).is_none() {
-            return Established::Declined;
-        }
+        packet::rewrite_plain(frame, p, Endpoint::Source, ext_ip, ext_port)?;
         flow.last_seen = now_s;
         flow.packets_out = flow.packets_out.wrapping_add(1);
         flow.bytes_out += p.total_len as u64;
@@ -717,7 +725,7 @@ impl Engine {
         }
         self.counters.outbound_packets += 1;
         self.counters.outbound_bytes += p.total_len as u64;
-        Established::Forwarded(Verdict::Forward {
+        Some(Verdict::Forward {
             side: Side::Outside,
             destination: p.dst,
             len: p.l3 + p.total_len,
@@ -1715,33 +1723,38 @@ mod tests {
         if inbound {
             e.established_inbound(frame, &p, NOW.as_secs() as u32)
         } else {
-            match e.established_outbound(frame, &p, NOW.as_secs() as u32) {
-                Established::Forwarded(verdict) => Some(verdict),
-                Established::FirstOutbound { .. } | Established::Declined => None,
-            }
+            e.established_outbound(frame, &p, NOW)
         }
     }
 
-    /// The fast path takes an established flow's packets in both directions, and declines a
-    /// flow's first packet without touching the frame or the engine.
+    /// The fast path takes an established flow's packets in both directions and creates a new
+    /// outbound flow on the way, and declines an inbound packet without a flow without touching
+    /// the frame or the engine.
     #[test]
-    fn fast_path_takes_established_packets_and_declines_first_ones() {
+    fn fast_path_takes_established_packets_and_declines_unknown_ones() {
         let mut e = engine(true, 1500);
         let remote = Ipv4Addr::new(203, 0, 113, 7);
+        let unsolicited = PacketBuilder::new()
+            .ipv4(remote, EXTERNAL)
+            .udp(53, 2000)
+            .build();
+        let mut u = unsolicited.clone();
+        assert_eq!(established(&mut e, &mut u, true), None);
+        assert_eq!(u, unsolicited, "a declined frame is left as it was");
+        assert_eq!(e.counters(), &Counters::default());
+
         let first = PacketBuilder::new()
             .ipv4(POD, remote)
             .udp(40000, 53)
             .build();
         let mut f = first.clone();
         let len = f.len();
-        assert_eq!(established(&mut e, &mut f, false), None);
-        assert_eq!(f, first, "a declined frame is left as it was");
-        assert_eq!(e.counters(), &Counters::default());
-
-        let Verdict::Forward { .. } = e.process(&mut f, len, Ingress::Inside, NOW) else {
+        let Some(Verdict::Forward { .. }) = established(&mut e, &mut f, false) else {
             panic!("the first packet creates the flow");
         };
+        assert_eq!(e.counters().flows_created, 1);
         let d = Decoded::parse(&f).expect("decodes");
+        assert!(d.checksums_ok(), "{d}");
         let L4::Udp(u) = d.l4 else { panic!("udp") };
         let (ext_ip, ext_port) = (d.ipv4.src, u.src_port);
 

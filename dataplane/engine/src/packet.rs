@@ -283,7 +283,7 @@ impl Plain {
     /// The [`Parsed`] view [`parse`] gives of the same frame, so that a packet the fast path
     /// declines goes on to the full path without being parsed again.
     #[inline]
-    pub(crate) fn to_parsed(&self) -> Parsed {
+    pub(crate) fn to_parsed(self) -> Parsed {
         let transport = match self.protocol {
             Protocol::Tcp => Transport::Tcp {
                 src_port: self.src_port,
