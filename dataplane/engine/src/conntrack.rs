@@ -181,7 +181,12 @@ pub fn next_tcp_state(state: FlowState, direction: Direction, flags: u8) -> Flow
 }
 
 /// One tracked flow: a pod endpoint talking to a remote endpoint through an external endpoint.
+///
+/// 80 bytes, so every flow spans exactly two cache lines wherever it lies. The layout is fixed
+/// (`repr(C)`) with the fields a packet reads and writes first and the list links last:
+/// [`FlowTable::touch_flow`] loads the first and the last field to bring in both lines.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Flow {
     pub pod_ip: Ipv4Addr,
     pub remote_ip: Ipv4Addr,
@@ -189,6 +194,8 @@ pub struct Flow {
     pub remote_port: u16,
     pub protocol: Protocol,
     pub state: FlowState,
+    /// Wheel bucket the flow is filed in (deadline modulo the wheel span).
+    wheel_bucket: u16,
     /// Seconds on the engine clock.
     pub created: u32,
     pub last_seen: u32,
@@ -196,14 +203,12 @@ pub struct Flow {
     pub packets_in: u32,
     pub bytes_out: u64,
     pub bytes_in: u64,
-    /// Wheel bucket the flow is filed in (deadline modulo the wheel span).
-    wheel_bucket: u16,
+    /// The external address and port; returned when the flow is dropped.
+    pub lease: PortLease,
     wheel_prev: u32,
     wheel_next: u32,
     endpoint_prev: u32,
     endpoint_next: u32,
-    /// The external address and port; returned when the flow is dropped.
-    pub lease: PortLease,
 }
 
 impl Flow {
@@ -333,6 +338,22 @@ impl Bucket {
     }
 }
 
+/// Where a lookup starts: an index and a bucket position in it (see
+/// [`FlowTable::home_bucket`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HomeBucket {
+    direction: Direction,
+    index: usize,
+}
+
+impl HomeBucket {
+    /// A position no index has: touching it loads nothing.
+    pub const NONE: HomeBucket = HomeBucket {
+        direction: Direction::Outbound,
+        index: usize::MAX,
+    };
+}
+
 /// An open-addressing index from a key hash to a slab slot. Keys live in the slab; the index
 /// stores only the hash tag, so equality is decided by the caller's `matches(slot)`.
 ///
@@ -444,11 +465,16 @@ impl Index {
         self.buckets[hole] = 0;
     }
 
-    /// Loads the home bucket of `hash` (and returns it so the load cannot be optimised away):
-    /// the first of the two memory accesses a lookup makes, issued ahead for a whole batch.
+    /// The home bucket of `hash`: where a lookup starts.
     #[inline]
-    fn touch_home(&self, hash: u64) -> u64 {
-        self.buckets[self.home(Self::tag(hash))]
+    fn home_of(&self, hash: u64) -> usize {
+        self.home(Self::tag(hash))
+    }
+
+    /// The bucket at `i` (0, empty, if out of range).
+    #[inline]
+    fn bucket_at(&self, i: usize) -> u64 {
+        self.buckets.get(i).copied().unwrap_or(0)
     }
 
     fn region(&self) -> (usize, usize) {
@@ -563,26 +589,49 @@ impl FlowTable {
         self.hasher.flow(key)
     }
 
-    /// Issues the bucket load for a lookup of `hash` (first prefetch pass of a batch).
+    /// Where a lookup of `hash` in `direction`'s index starts, for [`touch_bucket`] and
+    /// [`touch_flow`]. Computing it touches no table memory.
+    ///
+    /// [`touch_bucket`]: Self::touch_bucket
+    /// [`touch_flow`]: Self::touch_flow
     #[inline]
-    pub fn touch_bucket(&self, direction: Direction, hash: u64) -> u64 {
-        match direction {
-            Direction::Outbound => self.outbound.touch_home(hash),
-            Direction::Inbound => self.inbound.touch_home(hash),
-        }
+    pub fn home_bucket(&self, direction: Direction, hash: u64) -> HomeBucket {
+        let index = match direction {
+            Direction::Outbound => self.outbound.home_of(hash),
+            Direction::Inbound => self.inbound.home_of(hash),
+        };
+        HomeBucket { direction, index }
     }
 
-    /// Issues the slab load of the flow the home bucket of `hash` points at (second prefetch
-    /// pass: the bucket is in cache by now). Returns a value derived from the load.
     #[inline]
-    pub fn touch_flow(&self, direction: Direction, hash: u64) -> u64 {
-        let bucket = Bucket(self.touch_bucket(direction, hash));
+    fn bucket(&self, home: HomeBucket) -> Bucket {
+        Bucket(match home.direction {
+            Direction::Outbound => self.outbound.bucket_at(home.index),
+            Direction::Inbound => self.inbound.bucket_at(home.index),
+        })
+    }
+
+    /// Loads a lookup's home bucket (first prefetch pass of a batch). Returns a value derived
+    /// from the load, so that it is not optimised away.
+    #[inline]
+    pub fn touch_bucket(&self, home: HomeBucket) -> u64 {
+        self.bucket(home).0
+    }
+
+    /// Loads the flow the home bucket points at (second prefetch pass: the bucket is in cache by
+    /// now): its first and last fields, so both of its cache lines. Returns a value derived from
+    /// the loads.
+    #[inline]
+    pub fn touch_flow(&self, home: HomeBucket) -> u64 {
+        let bucket = self.bucket(home);
         if bucket.tag() == 0 {
             return 0;
         }
-        self.slab
-            .get(bucket.slot() as usize)
-            .map_or(0, |f| f.as_ref().map_or(0, |f| u64::from(f.last_seen)))
+        self.slab.get(bucket.slot() as usize).map_or(0, |f| {
+            f.as_ref().map_or(0, |f| {
+                u64::from(u32::from(f.pod_ip)) ^ u64::from(f.endpoint_next)
+            })
+        })
     }
 
     /// Address ranges (start, length) of the large tables, so an I/O layer can ask the kernel to
@@ -1001,6 +1050,15 @@ mod tests {
     use super::*;
     use crate::ports::{ExternalAddress, PortPartition};
     use std::rc::Rc;
+
+    /// A slab entry stays 80 bytes: two cache lines that `touch_flow` loads by the first and last
+    /// field, and the memory per session the README states.
+    #[test]
+    fn slab_entry_is_80_bytes_with_links_last() {
+        assert_eq!(std::mem::size_of::<Option<Flow>>(), 80);
+        assert_eq!(std::mem::offset_of!(Flow, pod_ip), 0);
+        assert_eq!(std::mem::offset_of!(Flow, endpoint_next), 76);
+    }
 
     fn ext() -> Rc<ExternalAddress> {
         let p = PortPartition::new(1024, 65535, 1).expect("valid");

@@ -15,8 +15,8 @@ use ipnet::Ipv4Net;
 use thiserror::Error;
 
 use crate::conntrack::{
-    next_tcp_state, Direction, Flow, FlowKey, FlowState, FlowTable, InsertError, KeyHasher,
-    Timeouts,
+    next_tcp_state, Direction, Flow, FlowKey, FlowState, FlowTable, HomeBucket, InsertError,
+    KeyHasher, Timeouts,
 };
 use crate::counters::{Counters, DropReason};
 use crate::frag::{DatagramId, FragmentAction, FragmentConfig, Fragments, StashResult};
@@ -257,6 +257,11 @@ pub struct Engine {
     events: Option<Vec<FlowEvent>>,
     event_capacity: usize,
     events_dropped: u64,
+    /// Whether [`process`](Self::process) tries the established-flow fast path first. Always
+    /// on outside tests, which turn it off to compare it with the full path.
+    fast_path: bool,
+    /// The external ports this core allocates (its block of the SNAT range).
+    own_ports: std::ops::RangeInclusive<u16>,
 }
 
 impl Engine {
@@ -286,6 +291,7 @@ impl Engine {
                 return Err(ConfigError::Mtu(mtu));
             }
         }
+        let own_ports = partition.range(config.core);
         Ok(Self {
             partition,
             steering: KeyHasher::new(config.steering_seed),
@@ -309,6 +315,8 @@ impl Engine {
             events: None,
             event_capacity: 0,
             events_dropped: 0,
+            fast_path: true,
+            own_ports,
             config,
         })
     }
@@ -517,47 +525,53 @@ impl Engine {
     /// changes no state. At millions of flows this turns ~2 serial DRAM misses per packet into
     /// overlapped ones; frames it cannot classify cheaply are simply skipped.
     pub fn prefetch(&self, frames: &[&[u8]], ingress: Ingress) {
-        let mut keys = [(Direction::Outbound, 0u64); PREFETCH_BATCH];
         let n = frames.len().min(PREFETCH_BATCH);
-        let mut sink = 0u64;
-        for (slot, frame) in keys.iter_mut().zip(&frames[..n]) {
+        // Every lookup's starting point first, touching no table memory; then the loads, each
+        // pass a tight loop. A load that misses holds its place in the core's reorder buffer until
+        // its data arrives: with little work between loads, dozens of misses are in flight at
+        // once instead of a handful.
+        let mut homes = [HomeBucket::NONE; PREFETCH_BATCH];
+        for (home, frame) in homes.iter_mut().zip(&frames[..n]) {
             if let Some((direction, hash)) = self.peek_flow_hash(frame, ingress) {
-                *slot = (direction, hash);
-                sink ^= self.flows.touch_bucket(direction, hash);
+                *home = self.flows.home_bucket(direction, hash);
             }
         }
-        for &(direction, hash) in &keys[..n] {
-            if hash != 0 {
-                sink ^= self.flows.touch_flow(direction, hash);
-            }
+        let mut sink = 0u64;
+        for &home in &homes[..n] {
+            sink ^= self.flows.touch_bucket(home);
+        }
+        for &home in &homes[..n] {
+            sink ^= self.flows.touch_flow(home);
         }
         std::hint::black_box(sink);
     }
 
     /// The flow-index hash `process` will look up for `frame`, from a light parse (no checksum
-    /// verification, no fragments, no ICMP errors): only a hint for [`prefetch`](Self::prefetch).
+    /// verification, no IPv4 options, no fragments, no ICMP errors): only a hint for
+    /// [`prefetch`](Self::prefetch).
+    #[inline]
     fn peek_flow_hash(&self, frame: &[u8], ingress: Ingress) -> Option<(Direction, u64)> {
-        let mut l3 = packet::ETH_HEADER_LEN;
-        let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-        if ethertype == packet::ETHERTYPE_VLAN {
-            ethertype = u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]);
-            l3 += packet::VLAN_TAG_LEN;
-        }
-        if ethertype != packet::ETHERTYPE_IPV4 {
+        let l3 = match frame.get(12..14)? {
+            [0x08, 0x00] => packet::ETH_HEADER_LEN,
+            [0x81, 0x00] if frame.get(16..18)? == [0x08, 0x00] => {
+                packet::ETH_HEADER_LEN + packet::VLAN_TAG_LEN
+            }
+            _ => return None,
+        };
+        // The IPv4 header and the first 8 bytes of the transport header (ports or echo id).
+        let head: &[u8; 28] = frame.get(l3..l3 + 28)?.try_into().ok()?;
+        if head[0] != 0x45 {
             return None;
         }
-        let ip = frame.get(l3..)?;
-        let header_len = usize::from(*ip.first()? & 0x0f) * 4;
-        let l4 = ip.get(header_len..header_len + 8)?;
-        let src = Ipv4Addr::new(*ip.get(12)?, ip[13], ip[14], ip[15]);
-        let dst = Ipv4Addr::new(*ip.get(16)?, ip[17], ip[18], ip[19]);
-        let protocol = Protocol::from_number(ip[9])?;
+        let src = Ipv4Addr::new(head[12], head[13], head[14], head[15]);
+        let dst = Ipv4Addr::new(head[16], head[17], head[18], head[19]);
+        let protocol = Protocol::from_number(head[9])?;
         let (sport, dport) = match protocol {
             Protocol::Tcp | Protocol::Udp => (
-                u16::from_be_bytes([l4[0], l4[1]]),
-                u16::from_be_bytes([l4[2], l4[3]]),
+                u16::from_be_bytes([head[20], head[21]]),
+                u16::from_be_bytes([head[22], head[23]]),
             ),
-            Protocol::Icmp => (u16::from_be_bytes([l4[4], l4[5]]), 0),
+            Protocol::Icmp => (u16::from_be_bytes([head[24], head[25]]), 0),
         };
         let inbound = match ingress {
             Ingress::Inside => false,
@@ -604,7 +618,158 @@ impl Engine {
         if self.flows.expiry_due(now_s) {
             self.expire(now_s, EXPIRY_BUDGET_PER_PACKET);
         }
+        if self.fast_path {
+            if let Some(p) = packet::parse_plain(&frame[..len]) {
+                return self.translate_plain(frame, &p, ingress, now);
+            }
+        }
         self.classify(frame, len, ingress, now)
+    }
+
+    /// A plain TCP/UDP packet (see [`packet::Plain`]) takes the established-flow fast path; one
+    /// the fast path declines goes on to the full path without being parsed again.
+    #[inline]
+    fn translate_plain(
+        &mut self,
+        frame: &mut [u8],
+        p: &packet::Plain,
+        ingress: Ingress,
+        now: Duration,
+    ) -> Verdict {
+        let inbound = match ingress {
+            Ingress::Inside => false,
+            Ingress::Outside => true,
+            Ingress::OneArmed => self.external(p.dst).is_some(),
+        };
+        if inbound {
+            if let Some(verdict) = self.established_inbound(frame, p, secs(now)) {
+                return verdict;
+            }
+        } else if let Some(verdict) = self.established_outbound(frame, p, now) {
+            return verdict;
+        }
+        self.declined_plain(frame, p, inbound, now)
+    }
+
+    /// The full path for a plain packet the fast path declined. Out of line, so that the fast
+    /// path's own code stays small.
+    #[cold]
+    #[inline(never)]
+    fn declined_plain(
+        &mut self,
+        frame: &mut [u8],
+        p: &packet::Plain,
+        inbound: bool,
+        now: Duration,
+    ) -> Verdict {
+        let parsed = p.to_parsed();
+        if inbound {
+            self.inbound(frame, &parsed, now)
+        } else {
+            self.outbound(frame, &parsed, now)
+        }
+    }
+
+    /// [`first_outbound`](Self::first_outbound) for a plain packet, out of line for the same
+    /// reason. Hashing the key again here costs less than keeping it alive through the fast path.
+    #[inline(never)]
+    fn first_outbound_plain(
+        &mut self,
+        frame: &mut [u8],
+        p: &packet::Plain,
+        now: Duration,
+    ) -> Verdict {
+        let key = FlowKey::new(p.protocol, p.src, p.src_port, p.dst, p.dst_port);
+        let hash = self.flows.hash(&key);
+        self.first_outbound(frame, &p.to_parsed(), &key, hash, now)
+    }
+
+    /// The fast path for what nearly all traffic is: a plain packet of a flow this core already
+    /// tracks, forwardable as it is (TTL > 1, within the MTU). Anything else returns `None`
+    /// having changed nothing, for the full path. Every check here is one the full path makes
+    /// too, in the same order where order matters, so both give the same verdict, bytes, flow
+    /// state and counters (`tests::fast_path_matches_full_path`).
+    ///
+    /// An outbound packet that passes every check before the flow lookup and finds no flow is
+    /// the first of a new flow: it goes straight to the full path's flow creation, without a
+    /// second parse and lookup.
+    #[inline]
+    fn established_outbound(
+        &mut self,
+        frame: &mut [u8],
+        p: &packet::Plain,
+        now: Duration,
+    ) -> Option<Verdict> {
+        if p.ttl <= 1 || p.total_len > usize::from(self.config.outside_mtu) {
+            return None;
+        }
+        if self.outbound_owner(p.protocol, p.src, p.src_port) != self.config.core {
+            return None;
+        }
+        let key = FlowKey::new(p.protocol, p.src, p.src_port, p.dst, p.dst_port);
+        let Some(slot) = self.flows.find_outbound(&key, self.flows.hash(&key)) else {
+            return Some(self.first_outbound_plain(frame, p, now));
+        };
+        let now_s = secs(now);
+        let flow = self.flows.get_mut(slot)?;
+        let (ext_ip, ext_port, state) = (flow.external_ip(), flow.external_port(), flow.state);
+        packet::rewrite_plain(frame, p, Endpoint::Source, ext_ip, ext_port)?;
+        flow.last_seen = now_s;
+        flow.packets_out = flow.packets_out.wrapping_add(1);
+        flow.bytes_out += p.total_len as u64;
+        if p.protocol == Protocol::Tcp {
+            let next = next_tcp_state(state, Direction::Outbound, p.tcp_flags);
+            if next != state {
+                self.flows.set_state(slot, next);
+            }
+        }
+        self.counters.outbound_packets += 1;
+        self.counters.outbound_bytes += p.total_len as u64;
+        Some(Verdict::Forward {
+            side: Side::Outside,
+            destination: p.dst,
+            len: p.l3 + p.total_len,
+        })
+    }
+
+    #[inline]
+    fn established_inbound(
+        &mut self,
+        frame: &mut [u8],
+        p: &packet::Plain,
+        now_s: u32,
+    ) -> Option<Verdict> {
+        // `inbound_owner(port) == Some(core)`, without its division.
+        if !self.own_ports.contains(&p.dst_port) {
+            return None;
+        }
+        let key = FlowKey::new(p.protocol, p.dst, p.dst_port, p.src, p.src_port);
+        let slot = self.flows.find_inbound(&key, self.flows.hash(&key))?;
+        // The full path checks these after the lookup, which may create a flow (filtering):
+        // only a flow that already exists gets here.
+        if p.ttl <= 1 || p.total_len > usize::from(self.config.inside_mtu) {
+            return None;
+        }
+        let flow = self.flows.get_mut(slot)?;
+        let (pod_ip, pod_port, state) = (flow.pod_ip, flow.pod_port, flow.state);
+        packet::rewrite_plain(frame, p, Endpoint::Destination, pod_ip, pod_port)?;
+        flow.last_seen = now_s;
+        flow.packets_in = flow.packets_in.wrapping_add(1);
+        flow.bytes_in += p.total_len as u64;
+        let next = match p.protocol {
+            Protocol::Tcp => next_tcp_state(state, Direction::Inbound, p.tcp_flags),
+            _ => FlowState::Replied,
+        };
+        if next != state {
+            self.flows.set_state(slot, next);
+        }
+        self.counters.inbound_packets += 1;
+        self.counters.inbound_bytes += p.total_len as u64;
+        Some(Verdict::Forward {
+            side: Side::Inside,
+            destination: pod_ip,
+            len: p.l3 + p.total_len,
+        })
     }
 
     fn classify(
@@ -756,7 +921,6 @@ impl Engine {
     }
 
     fn outbound_flow(&mut self, frame: &mut [u8], p: &Parsed, now: Duration) -> Verdict {
-        let now_s = secs(now);
         let Some(protocol) = Protocol::from_number(p.protocol) else {
             return self.drop(DropReason::UnsupportedProtocol);
         };
@@ -769,24 +933,48 @@ impl Engine {
         }
         let key = FlowKey::new(protocol, p.src, src_port, p.dst, dst_port);
         let hash = self.flows.hash(&key);
-        let slot = match self.flows.find_outbound(&key, hash) {
-            Some(slot) => slot,
-            None => match self.table.lookup(p.src, p.dst) {
-                Decision::Bypass => return self.bypass(frame, p, now),
-                Decision::Deny(_) => {
-                    let reason = if self.table.source_has_policy(p.src) {
-                        DropReason::Denied
-                    } else {
-                        DropReason::NoPolicy
-                    };
-                    return self.drop(reason);
-                }
-                Decision::Snat(pool) => match self.new_outbound_flow(p, &key, hash, pool, now_s) {
-                    Ok(slot) => slot,
-                    Err(reason) => return self.drop(reason),
-                },
+        match self.flows.find_outbound(&key, hash) {
+            Some(slot) => self.forward_outbound(frame, p, slot, now),
+            None => self.first_outbound(frame, p, &key, hash, now),
+        }
+    }
+
+    /// The first packet of a pod endpoint → remote endpoint pair (no flow yet): bypass, deny or
+    /// create the flow, per the route table.
+    fn first_outbound(
+        &mut self,
+        frame: &mut [u8],
+        p: &Parsed,
+        key: &FlowKey,
+        hash: u64,
+        now: Duration,
+    ) -> Verdict {
+        let slot = match self.table.lookup(p.src, p.dst) {
+            Decision::Bypass => return self.bypass(frame, p, now),
+            Decision::Deny(_) => {
+                let reason = if self.table.source_has_policy(p.src) {
+                    DropReason::Denied
+                } else {
+                    DropReason::NoPolicy
+                };
+                return self.drop(reason);
+            }
+            Decision::Snat(pool) => match self.new_outbound_flow(p, key, hash, pool, secs(now)) {
+                Ok(slot) => slot,
+                Err(reason) => return self.drop(reason),
             },
         };
+        self.forward_outbound(frame, p, slot, now)
+    }
+
+    fn forward_outbound(
+        &mut self,
+        frame: &mut [u8],
+        p: &Parsed,
+        slot: u32,
+        now: Duration,
+    ) -> Verdict {
+        let now_s = secs(now);
         let Some(flow) = self.flows.get_mut(slot) else {
             return self.drop(DropReason::NoFlow);
         };
@@ -1285,4 +1473,318 @@ fn secs(now: Duration) -> u32 {
 #[inline]
 fn millis(now: Duration) -> u64 {
     now.as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
+    use crate::testkit::{Decoded, PacketBuilder, TcpFlags, L4};
+    use proptest::prelude::*;
+
+    const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+    const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+    const NOW: Duration = Duration::from_secs(100);
+
+    fn table() -> Arc<RouteTable> {
+        let spec = RouteTableSpec {
+            public_addresses: Default::default(),
+            generation: 1,
+            pools: vec![PoolSpec {
+                name: "egress".into(),
+                addresses: vec![EXTERNAL],
+                pairing: false,
+            }],
+            policies: vec![PolicySpec {
+                name: "all".into(),
+                rules: vec![RuleSpec {
+                    destination: "0.0.0.0/0".parse().expect("cidr"),
+                    action: ActionSpec::Snat {
+                        pool: "egress".into(),
+                    },
+                    description: String::new(),
+                }],
+                default_action: None,
+            }],
+            sources: vec![SourceSpec {
+                cidr: "10.244.0.0/16".parse().expect("cidr"),
+                policy: "all".into(),
+            }],
+            default_action: ActionSpec::Deny {
+                reason: "no policy".into(),
+            },
+        };
+        Arc::new(RouteTable::compile(spec).expect("table compiles"))
+    }
+
+    fn engine(fast_path: bool, mtu: u16) -> Engine {
+        engine_of(fast_path, mtu, 0, 1)
+    }
+
+    fn engine_of(fast_path: bool, mtu: u16, core: u16, cores: u16) -> Engine {
+        let mut e = Engine::new(EngineConfig {
+            core,
+            cores,
+            inside_address: Ipv4Addr::new(10, 244, 0, 1),
+            inside_mtu: mtu,
+            outside_mtu: mtu,
+            ..EngineConfig::default()
+        })
+        .expect("config");
+        e.fast_path = fast_path;
+        e.set_route_table(table());
+        e
+    }
+
+    /// One flow of the comparison: protocol, pod port, remote endpoint.
+    #[derive(Clone, Debug)]
+    struct FlowSpec {
+        tcp: bool,
+        pod_port: u16,
+        remote: Ipv4Addr,
+        remote_port: u16,
+    }
+
+    /// One packet of the comparison, in either direction, with the header variations that send
+    /// a packet down one path or the other.
+    #[derive(Clone, Debug)]
+    struct Step {
+        flow: usize,
+        inbound: bool,
+        ttl: u8,
+        flags: u8,
+        payload: usize,
+        vlan: Option<u16>,
+        dont_fragment: bool,
+        more_fragments: bool,
+        options: bool,
+        zero_udp_checksum: bool,
+        bad_ip_checksum: bool,
+        /// Inbound only: aim at a port the flow does not own.
+        wrong_port: bool,
+        one_armed: bool,
+    }
+
+    fn flow_spec() -> impl Strategy<Value = FlowSpec> {
+        (any::<bool>(), 1024u16.., 1u32..200, 1u16..).prop_map(|(tcp, pod_port, r, remote_port)| {
+            FlowSpec {
+                tcp,
+                pod_port,
+                remote: Ipv4Addr::new(203, 0, 113, r as u8),
+                remote_port,
+            }
+        })
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            (
+                0usize..8,
+                any::<bool>(),
+                prop_oneof![Just(64u8), Just(2), Just(1), Just(0)],
+            ),
+            (any::<u8>(), 0usize..300, proptest::option::of(1u16..4095)),
+            (
+                any::<bool>(),
+                prop::bool::weighted(0.1),
+                prop::bool::weighted(0.1),
+            ),
+            (
+                prop::bool::weighted(0.2),
+                prop::bool::weighted(0.1),
+                prop::bool::weighted(0.1),
+                prop::bool::weighted(0.2),
+            ),
+        )
+            .prop_map(
+                |(
+                    (flow, inbound, ttl),
+                    (flags, payload, vlan),
+                    (dont_fragment, more_fragments, options),
+                    (zero_udp_checksum, bad_ip_checksum, wrong_port, one_armed),
+                )| Step {
+                    flow,
+                    inbound,
+                    ttl,
+                    flags,
+                    payload,
+                    vlan,
+                    dont_fragment,
+                    more_fragments,
+                    options,
+                    zero_udp_checksum,
+                    bad_ip_checksum,
+                    wrong_port,
+                    one_armed,
+                },
+            )
+    }
+
+    fn frame(f: &FlowSpec, s: &Step, external: Option<(Ipv4Addr, u16)>) -> Vec<u8> {
+        let (src, sport, dst, dport) = match (s.inbound, external) {
+            (true, Some((ip, port))) => {
+                let port = if s.wrong_port { port ^ 1 } else { port };
+                (f.remote, f.remote_port, ip, port)
+            }
+            (true, None) => (f.remote, f.remote_port, EXTERNAL, 2000),
+            (false, _) => (POD, f.pod_port, f.remote, f.remote_port),
+        };
+        let mut b = PacketBuilder::new()
+            .ipv4(src, dst)
+            .ttl(s.ttl)
+            .dont_fragment(s.dont_fragment);
+        if let Some(vid) = s.vlan {
+            b = b.vlan(vid);
+        }
+        if s.options {
+            b = b.options(&[1, 1, 1, 1]);
+        }
+        if s.more_fragments {
+            b = b.fragment(0, true);
+        }
+        b = if f.tcp {
+            b.tcp(sport, dport).flags(TcpFlags(s.flags))
+        } else if s.zero_udp_checksum {
+            b.udp(sport, dport).udp_zero_checksum()
+        } else {
+            b.udp(sport, dport)
+        };
+        b = b.payload(&vec![0x5a; s.payload]);
+        if s.bad_ip_checksum {
+            b = b.bad_ip_checksum();
+        }
+        b.build()
+    }
+
+    fn flows(e: &Engine) -> Vec<FlowInfo> {
+        let mut out = vec![];
+        e.list_flows(
+            &FlowFilter::default(),
+            0,
+            usize::MAX,
+            u32::MAX,
+            NOW,
+            &mut out,
+        );
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// The established-flow fast path and the full path give the same verdict, the same
+        /// output bytes, the same counters and the same flow table for any sequence of packets
+        /// of a few flows in both directions, including every variation that must leave the
+        /// fast path (options, fragments, TTL expiry, MTU, bad checksums, unknown ports, flows
+        /// and ports another core owns).
+        #[test]
+        fn fast_path_matches_full_path(
+            specs in proptest::collection::vec(flow_spec(), 1..8),
+            steps in proptest::collection::vec(step(), 1..40),
+            mtu in prop_oneof![Just(1500u16), Just(200)],
+            (core, cores) in (1u16..4).prop_flat_map(|cores| (0..cores, Just(cores))),
+        ) {
+            let mut fast = engine_of(true, mtu, core, cores);
+            let mut full = engine_of(false, mtu, core, cores);
+            let mut external: Vec<Option<(Ipv4Addr, u16)>> = vec![None; specs.len()];
+            for s in &steps {
+                let i = s.flow % specs.len();
+                let f = &specs[i];
+                let original = frame(f, s, external[i]);
+                let ingress = match (s.one_armed, s.inbound) {
+                    (true, _) => Ingress::OneArmed,
+                    (false, true) => Ingress::Outside,
+                    (false, false) => Ingress::Inside,
+                };
+                let mut a = original.clone();
+                a.resize(original.len() + 600, 0);
+                let mut b = a.clone();
+                let va = fast.process(&mut a, original.len(), ingress, NOW);
+                let vb = full.process(&mut b, original.len(), ingress, NOW);
+                prop_assert_eq!(va, vb);
+                prop_assert_eq!(&a, &b);
+                if let (Verdict::Forward { len, side: Side::Outside, .. }, false) = (va, s.inbound) {
+                    if let Ok(d) = Decoded::parse(&a[..len]) {
+                        match d.l4 {
+                            L4::Tcp(t) => external[i] = Some((d.ipv4.src, t.src_port)),
+                            L4::Udp(u) => external[i] = Some((d.ipv4.src, u.src_port)),
+                            _ => {}
+                        }
+                    }
+                }
+                prop_assert_eq!(fast.counters(), full.counters());
+            }
+            prop_assert_eq!(flows(&fast), flows(&full));
+        }
+    }
+
+    fn established(e: &mut Engine, frame: &mut [u8], inbound: bool) -> Option<Verdict> {
+        let p = packet::parse_plain(frame).expect("a plain packet");
+        if inbound {
+            e.established_inbound(frame, &p, NOW.as_secs() as u32)
+        } else {
+            e.established_outbound(frame, &p, NOW)
+        }
+    }
+
+    /// The fast path takes an established flow's packets in both directions and creates a new
+    /// outbound flow on the way, and declines an inbound packet without a flow without touching
+    /// the frame or the engine.
+    #[test]
+    fn fast_path_takes_established_packets_and_declines_unknown_ones() {
+        let mut e = engine(true, 1500);
+        let remote = Ipv4Addr::new(203, 0, 113, 7);
+        let unsolicited = PacketBuilder::new()
+            .ipv4(remote, EXTERNAL)
+            .udp(53, 2000)
+            .build();
+        let mut u = unsolicited.clone();
+        assert_eq!(established(&mut e, &mut u, true), None);
+        assert_eq!(u, unsolicited, "a declined frame is left as it was");
+        assert_eq!(e.counters(), &Counters::default());
+
+        let first = PacketBuilder::new()
+            .ipv4(POD, remote)
+            .udp(40000, 53)
+            .build();
+        let mut f = first.clone();
+        let len = f.len();
+        let Some(Verdict::Forward { .. }) = established(&mut e, &mut f, false) else {
+            panic!("the first packet creates the flow");
+        };
+        assert_eq!(e.counters().flows_created, 1);
+        let d = Decoded::parse(&f).expect("decodes");
+        assert!(d.checksums_ok(), "{d}");
+        let L4::Udp(u) = d.l4 else { panic!("udp") };
+        let (ext_ip, ext_port) = (d.ipv4.src, u.src_port);
+
+        let mut again = first.clone();
+        let out = established(&mut e, &mut again, false);
+        assert!(
+            matches!(
+                out,
+                Some(Verdict::Forward {
+                    side: Side::Outside,
+                    ..
+                })
+            ),
+            "{out:?}"
+        );
+        let mut reply = PacketBuilder::new()
+            .ipv4(remote, ext_ip)
+            .udp(53, ext_port)
+            .build();
+        let out = established(&mut e, &mut reply, true);
+        assert_eq!(
+            out,
+            Some(Verdict::Forward {
+                side: Side::Inside,
+                destination: POD,
+                len
+            })
+        );
+        let d = Decoded::parse(&reply).expect("decodes");
+        assert!(d.checksums_ok(), "{d}");
+        assert_eq!(d.ipv4.dst, POD);
+    }
 }

@@ -260,6 +260,176 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, DropReason> {
     })
 }
 
+/// A plain TCP or UDP packet: IPv4 without options, not a fragment. Nearly every packet of an
+/// established flow is one, and [`parse_plain`] reads it with a fraction of [`parse`]'s work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Plain {
+    /// Offset of the IPv4 header.
+    pub l3: usize,
+    pub total_len: usize,
+    pub protocol: Protocol,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub ttl: u8,
+    pub id: u16,
+    pub dont_fragment: bool,
+    /// TCP flags; 0 for UDP.
+    pub tcp_flags: u8,
+}
+
+impl Plain {
+    /// The [`Parsed`] view [`parse`] gives of the same frame, so that a packet the fast path
+    /// declines goes on to the full path without being parsed again.
+    #[inline]
+    pub(crate) fn to_parsed(self) -> Parsed {
+        let transport = match self.protocol {
+            Protocol::Tcp => Transport::Tcp {
+                src_port: self.src_port,
+                dst_port: self.dst_port,
+                flags: self.tcp_flags,
+            },
+            // parse_plain reads nothing but TCP and UDP.
+            Protocol::Udp | Protocol::Icmp => Transport::Udp {
+                src_port: self.src_port,
+                dst_port: self.dst_port,
+            },
+        };
+        Parsed {
+            l3: self.l3,
+            header_len: IPV4_MIN_HEADER_LEN,
+            total_len: self.total_len,
+            protocol: self.protocol.number(),
+            src: self.src,
+            dst: self.dst,
+            ttl: self.ttl,
+            frag: Fragmentation {
+                id: self.id,
+                dont_fragment: self.dont_fragment,
+                more_fragments: false,
+                offset: 0,
+            },
+            transport,
+        }
+    }
+}
+
+/// Reads a plain packet (see [`Plain`]), or `None` for anything else — other shapes and every
+/// malformed frame — which [`parse`] then handles in full. Makes the same checks as [`parse`]
+/// for the shapes it accepts, so `parse_plain(f)` is `Some` only where `parse(f)` is `Ok` with the
+/// same fields.
+#[inline]
+pub(crate) fn parse_plain(frame: &[u8]) -> Option<Plain> {
+    let l3 = match frame.get(12..14)? {
+        [0x08, 0x00] => ETH_HEADER_LEN,
+        [0x81, 0x00] if frame.get(16..18)? == [0x08, 0x00] => ETH_HEADER_LEN + VLAN_TAG_LEN,
+        _ => return None,
+    };
+    let packet = frame.get(l3..)?;
+    let header: &[u8; IPV4_MIN_HEADER_LEN] = packet.get(..IPV4_MIN_HEADER_LEN)?.try_into().ok()?;
+    // Version 4, no options.
+    if header[0] != 0x45 {
+        return None;
+    }
+    let total_len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    if total_len < IPV4_MIN_HEADER_LEN || total_len > packet.len() {
+        return None;
+    }
+    let flags_frag = u16::from_be_bytes([header[6], header[7]]);
+    if flags_frag & (IP_FLAG_MF | IP_FRAG_OFFSET_MASK) != 0 {
+        return None;
+    }
+    if !checksum::header_checksum_valid(header) {
+        return None;
+    }
+    let l4 = &packet[IPV4_MIN_HEADER_LEN..total_len];
+    let (protocol, tcp_flags) = match header[ip::PROTO] {
+        PROTO_TCP => {
+            let tcp: &[u8; 20] = l4.get(..20)?.try_into().ok()?;
+            let data_offset = usize::from(tcp[12] >> 4) * 4;
+            if data_offset < 20 || data_offset > l4.len() {
+                return None;
+            }
+            (Protocol::Tcp, tcp[13])
+        }
+        PROTO_UDP => {
+            let udp: &[u8; 8] = l4.get(..8)?.try_into().ok()?;
+            // Unfragmented: the UDP length is exactly the IPv4 payload.
+            if usize::from(u16::from_be_bytes([udp[4], udp[5]])) != l4.len() {
+                return None;
+            }
+            (Protocol::Udp, 0)
+        }
+        _ => return None,
+    };
+    Some(Plain {
+        l3,
+        total_len,
+        protocol,
+        src: Ipv4Addr::new(header[12], header[13], header[14], header[15]),
+        dst: Ipv4Addr::new(header[16], header[17], header[18], header[19]),
+        src_port: u16::from_be_bytes([l4[0], l4[1]]),
+        dst_port: u16::from_be_bytes([l4[2], l4[3]]),
+        ttl: header[ip::TTL],
+        id: u16::from_be_bytes([header[ip::ID], header[ip::ID + 1]]),
+        dont_fragment: flags_frag & IP_FLAG_DF != 0,
+        tcp_flags,
+    })
+}
+
+/// [`rewrite_endpoint_and_decrement_ttl`] for a [`Plain`] packet, with the same incremental
+/// checksum arithmetic and so the same bytes. Every bounds check happens before the first write:
+/// `None` means `frame` is not the frame `p` was read from, and nothing was changed.
+///
+/// One's-complement sums commute with byte swapping (RFC 1071 section 2 (B)), so every 16-bit
+/// word is read and written in memory order and no byte is swapped on the way.
+#[inline(always)]
+pub(crate) fn rewrite_plain(
+    frame: &mut [u8],
+    p: &Plain,
+    which: Endpoint,
+    addr: Ipv4Addr,
+    port: u16,
+) -> Option<()> {
+    let l4_checksum_at = match p.protocol {
+        Protocol::Tcp => 16,
+        _ => 6,
+    };
+    let packet = frame.get_mut(p.l3..p.l3 + IPV4_MIN_HEADER_LEN + l4_checksum_at + 2)?;
+    let (header, l4) = packet.split_at_mut(IPV4_MIN_HEADER_LEN);
+    let header: &mut [u8; IPV4_MIN_HEADER_LEN] = header.try_into().ok()?;
+    let (addr_at, port_at) = match which {
+        Endpoint::Source => (ip::SRC, 0),
+        Endpoint::Destination => (ip::DST, 2),
+    };
+    let word = |bytes: &[u8], at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
+    let new_addr = addr.octets();
+    let address_delta = ChecksumDelta::new()
+        .word(word(header, addr_at), word(&new_addr, 0))
+        .word(word(header, addr_at + 2), word(&new_addr, 2));
+
+    let old_ttl_word = word(header, ip::TTL);
+    header[ip::TTL] = header[ip::TTL].saturating_sub(1);
+    let header_delta = address_delta.word(old_ttl_word, word(header, ip::TTL));
+    header[addr_at..addr_at + 4].copy_from_slice(&new_addr);
+    let header_sum = header_delta.apply(word(header, ip::CHECKSUM));
+    header[ip::CHECKSUM..ip::CHECKSUM + 2].copy_from_slice(&header_sum.to_ne_bytes());
+
+    let new_port = port.to_be_bytes();
+    // The pseudo-header covers the addresses.
+    let l4_delta = address_delta.word(word(l4, port_at), word(&new_port, 0));
+    l4[port_at..port_at + 2].copy_from_slice(&new_port);
+    let l4_sum = word(l4, l4_checksum_at);
+    // apply_udp's zero tests mean the same in either byte order.
+    let l4_sum = match p.protocol {
+        Protocol::Udp => l4_delta.apply_udp(l4_sum),
+        _ => l4_delta.apply(l4_sum),
+    };
+    l4[l4_checksum_at..l4_checksum_at + 2].copy_from_slice(&l4_sum.to_ne_bytes());
+    Some(())
+}
+
 #[inline]
 fn parse_transport(
     protocol: u8,
@@ -663,5 +833,115 @@ mod tests {
         let mut f = ipv4_udp_frame(b"x");
         f[14 + 8] ^= 1; // TTL changed without fixing the checksum
         assert_eq!(parse(&f), Err(DropReason::BadIpv4Checksum));
+    }
+
+    fn plain_candidates() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use crate::testkit::{PacketBuilder, TcpFlags};
+        use proptest::prelude::*;
+        (
+            any::<bool>(),
+            any::<(u16, u16, u8, u8)>(),
+            proptest::option::of(1u16..4095),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<bool>(),
+        )
+            .prop_map(|(tcp, (sport, dport, ttl, flags), vlan, payload, zero)| {
+                let mut b = PacketBuilder::new()
+                    .ipv4(Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(203, 0, 113, 9))
+                    .ttl(ttl);
+                if let Some(v) = vlan {
+                    b = b.vlan(v);
+                }
+                b = if tcp {
+                    b.tcp(sport, dport).flags(TcpFlags(flags))
+                } else if zero {
+                    b.udp(sport, dport).udp_zero_checksum()
+                } else {
+                    b.udp(sport, dport)
+                };
+                b.payload(&payload).build()
+            })
+    }
+
+    proptest::proptest! {
+        /// `parse_plain` accepts a frame only where `parse` does, with the same fields (and
+        /// `to_parsed` gives exactly what `parse` gives), and
+        /// accepts every valid plain one: checked on valid frames with one byte changed and the
+        /// frame cut anywhere.
+        #[test]
+        fn parse_plain_agrees_with_parse(
+            mut frame in plain_candidates(),
+            index in proptest::prelude::any::<proptest::sample::Index>(),
+            value in proptest::prelude::any::<u8>(),
+            mutate in proptest::prelude::any::<bool>(),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            if mutate {
+                let i = index.index(frame.len());
+                frame[i] = value;
+            }
+            let len = if mutate { cut.index(frame.len() + 1) } else { frame.len() };
+            let frame = &frame[..len];
+            let full = parse(frame);
+            match parse_plain(frame) {
+                Some(plain) => {
+                    let p = full.expect("parse accepts what parse_plain accepts");
+                    proptest::prop_assert_eq!(plain.to_parsed(), p);
+                    proptest::prop_assert_eq!(p.l3, plain.l3);
+                    proptest::prop_assert_eq!(p.header_len, IPV4_MIN_HEADER_LEN);
+                    proptest::prop_assert_eq!(p.total_len, plain.total_len);
+                    proptest::prop_assert_eq!(p.protocol, plain.protocol.number());
+                    proptest::prop_assert_eq!((p.src, p.dst, p.ttl), (plain.src, plain.dst, plain.ttl));
+                    proptest::prop_assert!(!p.frag.is_fragment());
+                    proptest::prop_assert_eq!(p.frag.dont_fragment, plain.dont_fragment);
+                    proptest::prop_assert_eq!(p.ports(), Some((plain.src_port, plain.dst_port)));
+                    let flags = match p.transport {
+                        Transport::Tcp { flags, .. } => flags,
+                        _ => 0,
+                    };
+                    proptest::prop_assert_eq!(flags, plain.tcp_flags);
+                }
+                None => {
+                    // Only what parse rejects, or shapes that are not plain, are declined.
+                    if let Ok(p) = full {
+                        let plain_shape = p.header_len == IPV4_MIN_HEADER_LEN
+                            && !p.frag.is_fragment()
+                            && matches!(p.transport, Transport::Tcp { .. } | Transport::Udp { .. });
+                        proptest::prop_assert!(!plain_shape, "a plain packet was declined: {p:?}");
+                    }
+                }
+            }
+        }
+
+        /// `rewrite_plain` writes exactly the bytes `rewrite_endpoint_and_decrement_ttl` writes.
+        #[test]
+        fn rewrite_plain_equals_rewrite(
+            frame in plain_candidates(),
+            source in proptest::prelude::any::<bool>(),
+            addr in proptest::prelude::any::<u32>(),
+            port in proptest::prelude::any::<u16>(),
+        ) {
+            let which = if source { Endpoint::Source } else { Endpoint::Destination };
+            let addr = Ipv4Addr::from(addr);
+            let p = parse(&frame).expect("valid");
+            let plain = parse_plain(&frame).expect("plain");
+            let mut expected = frame.clone();
+            rewrite_endpoint_and_decrement_ttl(&mut expected, &p, which, addr, Some(port));
+            let mut got = frame.clone();
+            proptest::prop_assert_eq!(rewrite_plain(&mut got, &plain, which, addr, port), Some(()));
+            proptest::prop_assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn rewrite_plain_refuses_a_shorter_frame_and_leaves_it_alone() {
+        let f = ipv4_udp_frame(b"hello");
+        let plain = parse_plain(&f).expect("plain");
+        let mut short = f[..30].to_vec();
+        assert_eq!(
+            rewrite_plain(&mut short, &plain, Endpoint::Source, Ipv4Addr::LOCALHOST, 1),
+            None
+        );
+        assert_eq!(short, f[..30]);
     }
 }
