@@ -220,6 +220,9 @@ pub enum DiagnosticReason {
     GatewayNotReady,
     InstanceNotReady,
     DuplicateInstance,
+    /// Two instances (of one or two gateways) have the same control endpoint: one gateway
+    /// process serves one table, so only the first is used.
+    SharedEndpoint,
     TableRejected,
 }
 
@@ -713,6 +716,10 @@ pub fn translate(snapshot: &Snapshot) -> Translation {
     let mut instance_endpoints: BTreeMap<InstanceKey, (Option<String>, bool)> = BTreeMap::new();
     // Usable address → the address the outside world sees it as (AWS Elastic IP).
     let mut public_addresses: BTreeMap<InstanceKey, BTreeMap<Ipv4Addr, Ipv4Addr>> = BTreeMap::new();
+    // Control endpoint → the instance that has it: a gateway process serves one route table, so
+    // an endpoint claimed twice (two EgressGateways selecting the same gateway pods) is used by
+    // the first claimant only, instead of two pushers overwriting each other's table.
+    let mut endpoint_owners: BTreeMap<String, InstanceKey> = BTreeMap::new();
     for gateway in gateways.values() {
         let mut report = GatewayReport::default();
         let mut instances: Vec<&InstanceInfo> = gateway.instances.iter().collect();
@@ -737,6 +744,33 @@ pub fn translate(snapshot: &Snapshot) -> Translation {
                 gateway: gateway.name.clone(),
                 instance: instance.name.clone(),
             };
+            if let Some(endpoint) = instance.endpoint.as_deref() {
+                let normalized = endpoint.trim();
+                let normalized = normalized.strip_prefix("https://").unwrap_or(normalized);
+                if let Some(owner) = endpoint_owners.get(normalized) {
+                    let message = format!(
+                        "instance `{}` has endpoint {endpoint}, which instance `{}` of gateway \
+                         `{}` already has; a gateway process serves one EgressGateway, so this \
+                         instance is not used",
+                        instance.name, owner.instance, owner.gateway
+                    );
+                    report.problems.push(message.clone());
+                    report.instances.push(InstanceReport {
+                        name: instance.name.clone(),
+                        ready: false,
+                        usable_addresses: Vec::new(),
+                        next_hop_for_pods: 0,
+                    });
+                    diagnostics.push(Diagnostic {
+                        object: object.clone(),
+                        severity: Severity::Error,
+                        reason: DiagnosticReason::SharedEndpoint,
+                        message,
+                    });
+                    continue;
+                }
+                endpoint_owners.insert(normalized.to_owned(), key.clone());
+            }
             let addresses = instance.usable_addresses();
             if addresses.is_empty() {
                 let message = if instance.ready {

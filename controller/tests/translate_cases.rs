@@ -473,6 +473,46 @@ status: {phase: Running, podIP: 10.1.0.1}
         ..CASE_DEFAULTS
     },
     Case {
+        name: "an endpoint two gateways claim serves only the first gateway",
+        yaml: r#"
+apiVersion: egw.dev/v1alpha1
+kind: EgressGateway
+metadata: {name: zeta}
+spec:
+  selector: {}
+  static:
+    instances:
+      - {name: zeta-0, endpoint: "https://10.0.0.10:7443", addresses: [203.0.113.50]}
+      - {name: zeta-1, endpoint: "10.0.5.10:7443", addresses: [203.0.113.51]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, annotations: {egw.dev/gateway: zeta}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p1, namespace: apps}
+status: {phase: Running, podIP: 10.1.0.1}
+"#,
+        tables: Some(&["dmz/dmz-0", "lab/lab-0", "lab/lab-1", "zeta/zeta-1"]),
+        probes: &[("zeta/zeta-1", "10.1.0.1", WORLD, "snat:zeta-1")],
+        diagnostics: &[(
+            "SharedEndpoint",
+            "zeta",
+            "instance `zeta-0` has endpoint https://10.0.0.10:7443, which instance `lab-0` of gateway `lab` already has",
+        )],
+        outcomes: &[("apps/p1", "routed gateway:zeta via zeta/zeta-1")],
+        extra: Some(|translation| {
+            // lab-0 keeps its own table; zeta-0 is reported, not Ready, and gets none.
+            assert!(table(translation, "lab", "lab-0").pools[0].name == "lab-0");
+            let zeta = &translation.gateways["zeta"];
+            assert_eq!(zeta.ready_instances, 1);
+            let zeta_0 = zeta.instances.iter().find(|i| i.name == "zeta-0").unwrap();
+            assert!(!zeta_0.ready && zeta_0.usable_addresses.is_empty());
+        }),
+        ..CASE_DEFAULTS
+    },
+    Case {
         name: "unready address is left out of the instance pool",
         base: false,
         yaml: r#"
