@@ -745,9 +745,12 @@ pub fn translate(snapshot: &Snapshot) -> Translation {
                 instance: instance.name.clone(),
             };
             if let Some(endpoint) = instance.endpoint.as_deref() {
-                let normalized = endpoint.trim();
-                let normalized = normalized.strip_prefix("https://").unwrap_or(normalized);
-                if let Some(owner) = endpoint_owners.get(normalized) {
+                // `h:p`, `https://h:p` and `https://h:p/` are one gateway; unparsable endpoints
+                // are compared as written (the pusher reports them).
+                let normalized = crate::endpoint::GatewayEndpoint::parse(endpoint)
+                    .map(|parsed| parsed.to_string())
+                    .unwrap_or_else(|_| endpoint.trim().to_owned());
+                if let Some(owner) = endpoint_owners.get(&normalized) {
                     let message = format!(
                         "instance `{}` has endpoint {endpoint}, which instance `{}` of gateway \
                          `{}` already has; a gateway process serves one EgressGateway, so this \
@@ -769,7 +772,7 @@ pub fn translate(snapshot: &Snapshot) -> Translation {
                     });
                     continue;
                 }
-                endpoint_owners.insert(normalized.to_owned(), key.clone());
+                endpoint_owners.insert(normalized, key.clone());
             }
             let addresses = instance.usable_addresses();
             if addresses.is_empty() {

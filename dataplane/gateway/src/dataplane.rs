@@ -982,8 +982,7 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
         if let Some(nat_log) = &nat_log {
             engine.take_flow_events(&mut flow_events);
             if !flow_events.is_empty() {
-                let table = engine.route_table();
-                nat_log.submit_flow_events(&mut flow_events, |ip| table.public_address(ip));
+                submit_flow_events(nat_log, &engine, &mut flow_events);
             }
         }
         if last_publish.elapsed() >= PUBLISH_INTERVAL {
@@ -998,8 +997,7 @@ fn run_worker(context: WorkerContext, ready: Sender<Result<(), String>>) {
     }
     if let Some(nat_log) = &nat_log {
         engine.take_flow_events(&mut flow_events);
-        let table = engine.route_table();
-        nat_log.submit_flow_events(&mut flow_events, |ip| table.public_address(ip));
+        submit_flow_events(nat_log, &engine, &mut flow_events);
         nat_log.record_dropped(
             engine
                 .flow_events_dropped()
@@ -1022,6 +1020,17 @@ const SHUTDOWN_PAGE_WAIT: Duration = Duration::from_millis(100);
 /// A full table holds more flows than the log's queue, so after each page this waits (bounded)
 /// until the writer has written as many events as the page added, instead of overflowing the
 /// queue and dropping deletes.
+/// Queues a worker's flow events for the NAT log, each with the public address (AWS Elastic IP)
+/// the current route table gives its external address. Returns how many were dropped.
+fn submit_flow_events(
+    nat_log: &NatLogSender,
+    engine: &Engine,
+    events: &mut Vec<egw_engine::FlowEvent>,
+) -> usize {
+    let table = engine.route_table();
+    nat_log.submit_flow_events(events, |external| table.public_address(external))
+}
+
 fn log_open_flows_as_deleted(engine: &Engine, nat_log: &NatLogSender, now: Duration, core: u16) {
     let filter = FlowFilter::default();
     let mut cursor = Some(0u32);
@@ -1045,8 +1054,7 @@ fn log_open_flows_as_deleted(engine: &Engine, nat_log: &NatLogSender, now: Durat
             reason: SHUTDOWN_REASON,
         }));
         let written_before = nat_log.stats().events_written;
-        let table = engine.route_table();
-        dropped += nat_log.submit_flow_events(&mut events, |ip| table.public_address(ip));
+        dropped += submit_flow_events(nat_log, engine, &mut events);
         if cursor.is_some() && page > 0 {
             let waited = Instant::now();
             while nat_log.stats().events_written < written_before + page as u64
