@@ -6,13 +6,13 @@ mod harness;
 
 use std::net::Ipv4Addr;
 
-use egw_engine::route::{ActionSpec, PoolSpec, RuleSpec};
 use egw_engine::testkit::{
     fragment_packet, icmp_quote, ip_packet_of, reassemble, truncated, TcpFlags, L4,
 };
 use egw_engine::{
     DropReason, EngineConfig, Filtering, FlowFilter, FlowState, Ingress, Protocol, Side, Timeouts,
 };
+use egw_policy::{ActionSpec, PoolSpec, RuleSpec};
 use harness::*;
 
 fn udp_out(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
