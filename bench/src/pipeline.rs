@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use egw_engine::checksum::ChecksumDelta;
-use egw_engine::testkit::{MacAddr, PacketBuilder};
 use egw_engine::{Engine, EngineConfig, Ingress, RouteTable, Verdict};
 use egw_policy::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
+use egw_testkit::{MacAddr, PacketBuilder};
 use serde::Serialize;
 
 pub const FRAME_LEN: usize = 60; // 64 bytes on the wire with the FCS

@@ -1478,8 +1478,8 @@ fn millis(now: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{Decoded, PacketBuilder, TcpFlags, L4};
     use egw_policy::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
+    use egw_testkit::{Decoded, PacketBuilder, TcpFlags, L4};
     use proptest::prelude::*;
 
     const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);

@@ -12,7 +12,6 @@ pub mod engine;
 pub mod frag;
 pub mod packet;
 pub mod ports;
-pub mod testkit;
 
 pub use conntrack::{FlowState, Timeouts};
 pub use counters::{Counters, DropReason};

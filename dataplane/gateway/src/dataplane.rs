@@ -1219,8 +1219,8 @@ mod tests {
     /// `shutdown`, with the addresses the engine mapped.
     #[test]
     fn shutdown_logs_every_open_flow_as_deleted() {
-        use egw_engine::testkit::PacketBuilder;
         use egw_policy::{PolicySpec, RuleSpec, SourceSpec};
+        use egw_testkit::PacketBuilder;
         const FLOWS: u16 = 5000;
         let table = RouteTable::compile(RouteTableSpec {
             public_addresses: Default::default(),
