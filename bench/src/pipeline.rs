@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use egw_engine::checksum::ChecksumDelta;
-use egw_engine::route::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
-use egw_engine::testkit::{MacAddr, PacketBuilder};
 use egw_engine::{Engine, EngineConfig, Ingress, RouteTable, Verdict};
+use egw_policy::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
+use egw_testkit::{MacAddr, PacketBuilder};
 use serde::Serialize;
 
 pub const FRAME_LEN: usize = 60; // 64 bytes on the wire with the FCS
@@ -30,7 +30,7 @@ pub enum BenchError {
     #[error("engine configuration rejected: {0}")]
     Config(#[from] egw_engine::ConfigError),
     #[error("route table rejected: {0}")]
-    Table(#[from] egw_engine::route::RouteTableError),
+    Table(#[from] egw_policy::RouteTableError),
     #[error("building frames failed: {0}")]
     Build(String),
     #[error("warm-up did not create every session: {created} of {wanted} ({detail})")]

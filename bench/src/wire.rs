@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use egw_engine::testkit::{MacAddr, PacketBuilder};
+use egw_testkit::{MacAddr, PacketBuilder};
 
 /// Marks a benchmark payload: "EGWB".
 pub const PAYLOAD_MAGIC: u32 = 0x4547_5742;
@@ -196,7 +196,7 @@ pub fn parse(frame: &[u8]) -> Option<Received> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use egw_engine::testkit::Decoded;
+    use egw_testkit::Decoded;
 
     fn spec(frame_len: usize) -> FrameSpec {
         FrameSpec {

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use egw_engine::route::{ActionSpec, RouteTableSpec};
+use egw_policy::{ActionSpec, RouteTableSpec};
 use serde::Serialize;
 
 use crate::translate::{InstanceKey, InstanceTable, Translation};

@@ -40,7 +40,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use egw_engine::route::{
+use egw_policy::{
     ActionSpec, PolicySpec, PoolSpec, RouteTable, RouteTableSpec, RuleSpec, SourceSpec,
 };
 use ipnet::Ipv4Net;
@@ -58,7 +58,7 @@ pub const SAMPLE_LIMIT: usize = 10;
 /// Longest table policy name before it is shortened with a hash.
 const MAX_TABLE_NAME: usize = 200;
 /// Longest deny reason the engine accepts.
-const MAX_REASON: usize = egw_engine::route::MAX_DENY_REASON_LEN;
+const MAX_REASON: usize = egw_policy::MAX_DENY_REASON_LEN;
 
 // ---------------------------------------------------------------------------------------------
 // Output types

@@ -12,7 +12,7 @@ use egw_controller::input::{
     ExternalAddress, GatewayInfo, InstanceInfo, NamespaceInfo, PodInfo, PolicyInfo, Snapshot,
 };
 use egw_controller::translate::{translate, InstanceKey, PodOutcome, Translation};
-use egw_engine::route::{Decision, RouteTable};
+use egw_policy::{Decision, RouteTable};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 fn gateway(name: &str, instances: usize, max_next_hops: u32) -> GatewayInfo {
@@ -283,13 +283,13 @@ fn long_names_and_reasons_stay_within_engine_limits() {
     let PodOutcome::Denied { reason, .. } = &translation.pods["apps/missing-policy"] else {
         panic!("missing policy must deny");
     };
-    assert!(reason.len() <= egw_engine::route::MAX_DENY_REASON_LEN);
+    assert!(reason.len() <= egw_policy::MAX_DENY_REASON_LEN);
     assert!(reason.ends_with('…'));
     for table in translation.tables.values() {
         assert!(table
             .spec
             .policies
             .iter()
-            .all(|policy| policy.name.len() <= egw_engine::route::MAX_NAME_LEN));
+            .all(|policy| policy.name.len() <= egw_policy::MAX_NAME_LEN));
     }
 }

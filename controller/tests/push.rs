@@ -11,7 +11,7 @@ use std::time::Duration;
 use egw_controller::metrics::Metrics;
 use egw_controller::push::{GatewayPusher, InstanceState, PushOptions};
 use egw_controller::translate::{translate, InstanceKey, InstanceTable};
-use egw_engine::route::{
+use egw_policy::{
     ActionSpec, PolicySpec, PoolSpec, RouteTable, RouteTableSpec, RuleSpec, SourceSpec,
 };
 use egw_proto::spec::spec_to_wire as table_to_wire;

@@ -13,7 +13,7 @@ use egw_controller::endpoint::{ClientTls, ClientTlsFiles};
 use egw_controller::metrics::Metrics;
 use egw_controller::push::{GatewayPusher, PushOptions};
 use egw_controller::translate::{InstanceKey, InstanceTable};
-use egw_engine::route::{ActionSpec, PoolSpec, RouteTableSpec};
+use egw_policy::{ActionSpec, PoolSpec, RouteTableSpec};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use support::{wait_until, TestGateway};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};

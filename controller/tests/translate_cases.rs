@@ -12,7 +12,7 @@ use egw_controller::local::{load_documents, LocalInput};
 use egw_controller::translate::{
     translate, Exclusion, InstanceKey, PodOutcome, ProgramRef, Translation, NOT_A_CLIENT_REASON,
 };
-use egw_engine::route::{Decision, RouteTable};
+use egw_policy::{Decision, RouteTable};
 
 /// Two static gateways: `lab` (two instances, labels site=lab, egress-code=red) and `dmz` (one
 /// instance, site=dmz), both in `egw-system`.
@@ -200,7 +200,7 @@ fn table<'a>(
     translation: &'a Translation,
     gateway: &str,
     instance: &str,
-) -> &'a egw_engine::route::RouteTableSpec {
+) -> &'a egw_policy::RouteTableSpec {
     &translation.tables[&InstanceKey {
         gateway: gateway.to_owned(),
         instance: instance.to_owned(),

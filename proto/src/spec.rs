@@ -2,15 +2,15 @@
 //! conversion the gateway (applying a pushed table), the controller (pushing one) and the lab use.
 //!
 //! Only syntax is checked here (addresses, CIDRs, a missing action); names, duplicates and limits
-//! are checked by [`egw_engine::RouteTable::compile`], whose errors name the item too.
+//! are checked by [`egw_policy::RouteTable::compile`], whose errors name the item too.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::v1;
 use crate::yaml::DEFAULT_DENY_REASON;
-use egw_engine::route::{ActionSpec, PolicySpec, PoolSpec, RuleSpec, SourceSpec};
-use egw_engine::RouteTableSpec;
+use egw_policy::RouteTableSpec;
+use egw_policy::{ActionSpec, PolicySpec, PoolSpec, RuleSpec, SourceSpec};
 use ipnet::Ipv4Net;
 
 /// A field of a wire table that does not convert; `field` is a path such as
@@ -171,9 +171,9 @@ fn action_to_wire(action: &ActionSpec) -> v1::Action {
 
 /// Converts and compiles a wire table: what every receiver of a table runs. The error names
 /// the offending field (conversion) or item (`RouteTable::compile`'s validation).
-pub fn compile(table: &v1::RouteTable) -> Result<egw_engine::RouteTable, String> {
+pub fn compile(table: &v1::RouteTable) -> Result<egw_policy::RouteTable, String> {
     let spec = spec_from_wire(table).map_err(|error| error.to_string())?;
-    egw_engine::RouteTable::compile(spec).map_err(|error| error.to_string())
+    egw_policy::RouteTable::compile(spec).map_err(|error| error.to_string())
 }
 
 /// The wire form of a spec. A policy default action has no wire form: a policy's default becomes a
@@ -249,8 +249,8 @@ pub fn spec_to_wire(spec: &RouteTableSpec) -> v1::RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use egw_engine::route::Decision;
-    use egw_engine::RouteTable;
+    use egw_policy::Decision;
+    use egw_policy::RouteTable;
 
     const TABLE: &str = r#"
 generation: 7

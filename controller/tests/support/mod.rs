@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use egw_engine::route::{RouteTable, RouteTableSpec};
+use egw_policy::{RouteTable, RouteTableSpec};
 use egw_proto::v1;
 use egw_proto::v1::gateway_server::{Gateway, GatewayServer};
 use tokio::sync::oneshot;
@@ -36,13 +36,9 @@ pub enum Verdict {
 
 pub fn verdict(table: &RouteTable, source: Ipv4Addr, destination: Ipv4Addr) -> Verdict {
     match table.lookup(source, destination) {
-        egw_engine::route::Decision::Snat(pool) => {
-            Verdict::Snat(table.pool(pool).addresses().to_vec())
-        }
-        egw_engine::route::Decision::Bypass => Verdict::Bypass,
-        egw_engine::route::Decision::Deny(reason) => {
-            Verdict::Deny(table.deny_reason(reason).to_owned())
-        }
+        egw_policy::Decision::Snat(pool) => Verdict::Snat(table.pool(pool).addresses().to_vec()),
+        egw_policy::Decision::Bypass => Verdict::Bypass,
+        egw_policy::Decision::Deny(reason) => Verdict::Deny(table.deny_reason(reason).to_owned()),
     }
 }
 

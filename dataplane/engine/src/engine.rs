@@ -25,7 +25,7 @@ use crate::packet::{
     ICMP_DEST_UNREACHABLE, ICMP_TIME_EXCEEDED, TCP_ACK, TCP_SYN,
 };
 use crate::ports::{ExternalAddress, PortLease, PortPartition, PortUsage};
-use crate::route::{Decision, RouteTable};
+use egw_policy::{Decision, RouteTable};
 
 /// Which gateway interface a packet arrived on or leaves by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -1044,7 +1044,7 @@ impl Engine {
         p: &Parsed,
         key: &FlowKey,
         hash: u64,
-        pool_id: crate::route::PoolId,
+        pool_id: egw_policy::PoolId,
         now_s: u32,
     ) -> Result<u32, DropReason> {
         let protocol = key.protocol;
@@ -1478,8 +1478,8 @@ fn millis(now: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
-    use crate::testkit::{Decoded, PacketBuilder, TcpFlags, L4};
+    use egw_policy::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
+    use egw_testkit::{Decoded, PacketBuilder, TcpFlags, L4};
     use proptest::prelude::*;
 
     const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);

@@ -12,14 +12,12 @@ pub mod engine;
 pub mod frag;
 pub mod packet;
 pub mod ports;
-pub mod route;
-pub mod testkit;
 
 pub use conntrack::{FlowState, Timeouts};
 pub use counters::{Counters, DropReason};
+pub use egw_policy::{RouteTable, RouteTableSpec};
 pub use engine::{
     ConfigError, Engine, EngineConfig, ExternalUsage, Filtering, FlowEvent, FlowFilter, FlowInfo,
     Ingress, Side, Verdict,
 };
 pub use packet::Protocol;
-pub use route::{RouteTable, RouteTableSpec};

@@ -836,7 +836,7 @@ mod tests {
     }
 
     fn plain_candidates() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
-        use crate::testkit::{PacketBuilder, TcpFlags};
+        use egw_testkit::{PacketBuilder, TcpFlags};
         use proptest::prelude::*;
         (
             any::<bool>(),

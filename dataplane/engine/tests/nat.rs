@@ -6,13 +6,11 @@ mod harness;
 
 use std::net::Ipv4Addr;
 
-use egw_engine::route::{ActionSpec, PoolSpec, RuleSpec};
-use egw_engine::testkit::{
-    fragment_packet, icmp_quote, ip_packet_of, reassemble, truncated, TcpFlags, L4,
-};
 use egw_engine::{
     DropReason, EngineConfig, Filtering, FlowFilter, FlowState, Ingress, Protocol, Side, Timeouts,
 };
+use egw_policy::{ActionSpec, PoolSpec, RuleSpec};
+use egw_testkit::{fragment_packet, icmp_quote, ip_packet_of, reassemble, truncated, TcpFlags, L4};
 use harness::*;
 
 fn udp_out(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
@@ -398,7 +396,7 @@ fn rfc5508_req3_inbound_icmp_error_reaches_the_pod_translated() {
             "quoted IPv4 checksum fixed"
         );
         match e.inner.l4 {
-            egw_engine::testkit::InnerL4::Tcp { src_port, .. } => assert_eq!(src_port, 40000),
+            egw_testkit::InnerL4::Tcp { src_port, .. } => assert_eq!(src_port, 40000),
             ref other => panic!("quoted TCP expected, got {other:?}"),
         }
     }
@@ -424,7 +422,7 @@ fn rfc5508_req3_outbound_icmp_error_from_a_pod_is_translated() {
         "quoted destination is the external address again"
     );
     match e.inner.l4 {
-        egw_engine::testkit::InnerL4::Udp { dst_port, .. } => assert_eq!(dst_port, ext.1),
+        egw_testkit::InnerL4::Udp { dst_port, .. } => assert_eq!(dst_port, ext.1),
         ref other => panic!("quoted UDP expected, got {other:?}"),
     }
 }
@@ -528,7 +526,7 @@ fn rfc4787_req14_fragments_in_order_are_translated_consistently() {
         .map(|f| gw.send(Ingress::Inside, f).frame().to_vec())
         .collect();
     let whole = reassemble(&out).expect("reassembles");
-    let d = egw_engine::testkit::Decoded::parse(&whole).expect("decodes");
+    let d = egw_testkit::Decoded::parse(&whole).expect("decodes");
     assert!(
         d.checksums_ok(),
         "UDP checksum of the reassembled datagram verifies: {d}"
@@ -562,7 +560,7 @@ fn rfc4787_req14_fragments_out_of_order_are_translated_consistently() {
         gw.dump()
     );
     let whole = reassemble(&out).expect("reassembles");
-    let d = egw_engine::testkit::Decoded::parse(&whole).expect("decodes");
+    let d = egw_testkit::Decoded::parse(&whole).expect("decodes");
     assert!(d.checksums_ok(), "{d}");
     assert_eq!(source(&d).0, EXT_1);
     // Inbound fragments of the reply are translated back.
@@ -579,7 +577,7 @@ fn rfc4787_req14_fragments_out_of_order_are_translated_consistently() {
         .map(|f| gw.send(Ingress::Outside, f).frame().to_vec())
         .collect();
     let whole = reassemble(&back).expect("reassembles");
-    let d = egw_engine::testkit::Decoded::parse(&whole).expect("decodes");
+    let d = egw_testkit::Decoded::parse(&whole).expect("decodes");
     assert!(d.checksums_ok());
     assert_eq!(destination(&d), (POD_A, 40000));
 }
@@ -886,7 +884,7 @@ fn malformed_frames_are_dropped_with_a_reason() {
         &from_pod(POD_A).ipv4_payload(47, &[0; 8]).build(),
         DropReason::UnsupportedProtocol,
     );
-    let arp = egw_engine::testkit::PacketBuilder::new()
+    let arp = egw_testkit::PacketBuilder::new()
         .non_ipv4(0x0806, &[0; 28])
         .build();
     gw.expect_drop(Ingress::Inside, &arp, DropReason::NotIpv4);
@@ -1028,7 +1026,7 @@ fn fragments_follow_their_first_fragment_to_the_owning_core() {
         other => panic!("{other:?}\n{}", gw.dump()),
     }
     let whole = reassemble(&out).expect("all fragments out");
-    let d = egw_engine::testkit::Decoded::parse(&whole).expect("decodes");
+    let d = egw_testkit::Decoded::parse(&whole).expect("decodes");
     assert!(d.checksums_ok(), "{d}");
     assert_eq!(d.ipv4.src, EXT_1);
 }

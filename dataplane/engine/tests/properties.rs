@@ -5,8 +5,8 @@ mod harness;
 
 use std::net::Ipv4Addr;
 
-use egw_engine::testkit::{Decoded, PacketBuilder, TcpFlags, L4};
 use egw_engine::{packet, Ingress};
+use egw_testkit::{Decoded, PacketBuilder, TcpFlags, L4};
 use harness::*;
 use proptest::prelude::*;
 

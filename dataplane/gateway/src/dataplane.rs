@@ -1176,8 +1176,8 @@ pub fn wire_xdp_mode(mode: AttachMode) -> v1::XdpMode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use egw_engine::route::{ActionSpec, PoolSpec};
-    use egw_engine::RouteTableSpec;
+    use egw_policy::RouteTableSpec;
+    use egw_policy::{ActionSpec, PoolSpec};
 
     fn config() -> GatewayConfig {
         GatewayConfig::from_yaml(
@@ -1219,8 +1219,8 @@ mod tests {
     /// `shutdown`, with the addresses the engine mapped.
     #[test]
     fn shutdown_logs_every_open_flow_as_deleted() {
-        use egw_engine::route::{PolicySpec, RuleSpec, SourceSpec};
-        use egw_engine::testkit::PacketBuilder;
+        use egw_policy::{PolicySpec, RuleSpec, SourceSpec};
+        use egw_testkit::PacketBuilder;
         const FLOWS: u16 = 5000;
         let table = RouteTable::compile(RouteTableSpec {
             public_addresses: Default::default(),

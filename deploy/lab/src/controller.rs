@@ -9,7 +9,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use egw_engine::route::Decision;
+use egw_policy::Decision;
 use egw_proto::yaml;
 
 use crate::error::{LabError, Result};

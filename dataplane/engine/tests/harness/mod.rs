@@ -10,11 +10,11 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use egw_engine::route::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
-use egw_engine::testkit::{Decoded, MacAddr, PacketBuilder, L4};
 use egw_engine::{
     DropReason, Engine, EngineConfig, FlowFilter, FlowInfo, Ingress, RouteTable, Side, Verdict,
 };
+use egw_policy::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
+use egw_testkit::{Decoded, MacAddr, PacketBuilder, L4};
 
 pub const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 pub const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);

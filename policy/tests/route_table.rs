@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
-use egw_engine::route::*;
+use egw_policy::*;
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
 

@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use egw_engine::testkit::{
+use egw_testkit::{
     assert_frames_eq, field_at, fragment_packet, frame_difference, icmp_quote, ip_packet_of,
     reassemble, summarize, truncated, BuildError, DecodeError, Decoded, EchoKind, InnerL4, MacAddr,
     PacketBuilder, ReassembleError, TcpFlags, VlanTag, ETHERTYPE_VLAN, L4,
@@ -612,7 +612,7 @@ fn fragmenting_needs_room_for_eight_bytes() {
     let frame = PacketBuilder::new().udp(1, 2).payload(&[0; 64]).build();
     assert!(matches!(
         fragment_packet(&frame, 27),
-        Err(egw_engine::testkit::FragmentError::MtuTooSmall {
+        Err(egw_testkit::FragmentError::MtuTooSmall {
             mtu: 27,
             header_len: 20
         })
