@@ -26,7 +26,7 @@ fn tree(package: &str) -> Vec<(usize, String)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["tree", "--locked", "--offline", "-e", "normal", "--prefix", "depth", "-p", package])
+        .args(["tree", "--locked", "-e", "normal", "--prefix", "depth", "-p", package])
         .output()
         .expect("cargo tree runs");
     assert!(
