@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use comfy_table::{presets, ColumnConstraint, Table};
-use egw_natlog::{LogProtocol, Mapping, NatLogIndex, RecordFilter, UnixMillis};
+use egw_natlog_format::{LogProtocol, Mapping, NatLogIndex, RecordFilter, UnixMillis};
 use serde::Serialize;
 
 use crate::args::{OutputFormat, ProtocolArg};
@@ -198,7 +198,7 @@ mod tests {
     use super::*;
     use crate::args::{Cli, Command};
     use clap::Parser;
-    use egw_natlog::{EventKind, NatLogRecord};
+    use egw_natlog_format::{EventKind, NatLogRecord};
 
     fn write_log(dir: &std::path::Path) {
         let record = |ts: i64, event: EventKind, pod: &str, reason: Option<&str>| NatLogRecord {
