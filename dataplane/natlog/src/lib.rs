@@ -19,6 +19,13 @@
 //! RFC 8158 NAT44 session records). [`NatLogStats`] has the counters to export
 //! (`egw_natlog_events_dropped_total` is `events_dropped`).
 //!
+//! # Unsafe code
+//!
+//! The crate denies `unsafe` (its Cargo.toml `[lints]`) except in its private io_uring module,
+//! which allows it for the two submission-queue pushes, each with a `// SAFETY:` note. This crate
+//! and `egw-xdp` are the only ones with `unsafe` code; the record format and query
+//! (`egw-natlog-format`) have none.
+//!
 //! ```no_run
 //! use egw_natlog::{NatLogConfig, NatLogWriter};
 //! # fn main() -> Result<(), egw_natlog::NatLogError> {
