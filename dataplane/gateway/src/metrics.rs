@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `egw_rx_packets_total`, `egw_rx_bytes_total` | `core` | frames the engine received |
 //! | `egw_tx_packets_total`, `egw_tx_bytes_total` | `core` | frames queued for transmission |
-//! | `egw_drops_total` | `core`, `reason` | drops by reason: [`egw_engine::DropReason::name`] and [`GatewayCounters::drops`] |
+//! | `egw_drops_total` | `core`, `reason` | drops by reason: [`egw_engine::DropReason::name`] and [`GatewayCounters::drops`](crate::dataplane::GatewayCounters::drops) |
 //! | `egw_conntrack_flows`, `egw_conntrack_capacity` | `core` | flows tracked and the table's capacity |
 //! | `egw_flows_created_total`, `egw_flows_expired_total` | `core` | flows created and expired |
 //! | `egw_flows_early_dropped_total` | `core` | unanswered flows evicted for new ones while the table was full |
