@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::natlog::NatLogCommand;
+// Re-exported: they are part of the argument types, and `egwctl::args::OutputFormat` is their
+// public path.
+pub use crate::options::{OutputFormat, ProtocolArg};
+
 /// egwctl: inspect and operate egw egress gateways.
 ///
 /// Talks to one gateway over its control socket (default
@@ -43,17 +48,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// How results are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    /// Aligned tables for people.
-    Table,
-    /// JSON (one document per line for streams).
-    Json,
-    /// YAML (documents separated by `---` for streams).
-    Yaml,
-}
-
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -70,7 +64,7 @@ pub enum Command {
     Drain(DrainArgs),
     /// Query NAT log files (offline: no gateway needed).
     #[command(subcommand)]
-    NatLog(crate::natlog::NatLogCommand),
+    NatLog(NatLogCommand),
     /// Print a shell completion script.
     Completion {
         /// The shell.
@@ -116,17 +110,6 @@ pub struct FlowsArgs {
     /// Fetch every page, not just the first.
     #[arg(long)]
     pub all: bool,
-}
-
-/// Protocol filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProtocolArg {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-    /// ICMP echo.
-    Icmp,
 }
 
 /// Flow state filter.

@@ -90,7 +90,7 @@ pub enum CliError {
     Reply(String),
     /// NAT log files could not be read.
     #[error(transparent)]
-    NatLog(#[from] egw_natlog::QueryError),
+    NatLog(#[from] egw_natlog_format::QueryError),
     /// Writing output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

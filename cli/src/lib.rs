@@ -9,6 +9,7 @@ mod commands;
 pub mod connect;
 pub mod error;
 pub mod natlog;
+pub mod options;
 pub mod render;
 pub mod views;
 

@@ -8,10 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use egw_engine::conntrack::FlowState;
 use egw_engine::{FlowFilter, FlowInfo, Protocol, RouteTable};
 use egw_proto::v1;
+use egw_xdp::AttachMode;
 use tracing::warn;
 
 use crate::control::{new_epoch, BackendError, ControlBackend, FlowCursor, FlowPage, FlowQuery};
-use crate::dataplane::{wire_xdp_mode, CoreSnapshot, Dataplane};
+use crate::dataplane::{CoreSnapshot, Dataplane};
 
 /// Worker requests one `list_flows` call may make before handing back a cursor.
 const MAX_LIST_REQUESTS: usize = 64;
@@ -27,6 +28,40 @@ impl GatewayBackend {
         Self {
             dataplane,
             epoch: new_epoch(),
+        }
+    }
+}
+
+/// The XDP mode in wire form.
+pub fn wire_xdp_mode(mode: AttachMode) -> v1::XdpMode {
+    match mode {
+        AttachMode::Native => v1::XdpMode::Native,
+        AttachMode::Generic => v1::XdpMode::Generic,
+    }
+}
+
+impl CoreSnapshot {
+    /// The wire form of the counters.
+    pub fn to_wire(&self) -> v1::CoreCounters {
+        let mut drops: std::collections::HashMap<String, u64> = self
+            .engine
+            .drops
+            .iter()
+            .map(|(reason, count)| (reason.name().to_owned(), count))
+            .collect();
+        for (name, count) in self.gateway.drops() {
+            drops.insert(name.to_owned(), count);
+        }
+        v1::CoreCounters {
+            core: u32::from(self.core),
+            rx_packets: self.engine.rx_packets,
+            rx_bytes: self.engine.rx_bytes,
+            tx_packets: self.gateway.tx_packets,
+            tx_bytes: self.gateway.tx_bytes,
+            drops,
+            flows_created: self.engine.flows_created,
+            flows_expired: self.engine.flows_expired,
+            handoffs: self.engine.handoffs,
         }
     }
 }
@@ -336,6 +371,7 @@ impl ControlBackend for GatewayBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::GatewayCounters;
     use egw_engine::DropReason;
 
     #[test]
@@ -416,5 +452,16 @@ mod tests {
         let total = total_counters(&[first, second]);
         assert_eq!(total.rx_packets, 20);
         assert_eq!(total.drops["neighbour_unresolved"], 4);
+    }
+
+    #[test]
+    fn core_snapshot_reports_every_gateway_drop_reason() {
+        let wire = CoreSnapshot::default().to_wire();
+        for (name, _) in GatewayCounters::default().drops() {
+            assert_eq!(wire.drops.get(name), Some(&0), "{name}");
+        }
+        for reason in egw_engine::DropReason::ALL {
+            assert_eq!(wire.drops.get(reason.name()), Some(&0), "{reason}");
+        }
     }
 }

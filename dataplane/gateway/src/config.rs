@@ -515,8 +515,19 @@ impl GatewayConfig {
         }
     }
 
-    /// Checks what the types alone do not.
+    /// Checks what the types alone do not, one group of fields at a time (the first problem
+    /// found is reported, in this order).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_addresses()?;
+        self.validate_workers_and_control()?;
+        self.validate_conntrack()?;
+        self.validate_mtu_and_xdp()?;
+        self.validate_metrics()?;
+        self.validate_nat_log()
+    }
+
+    /// Interface names, the inside address, pod CIDRs and SNAT addresses.
+    fn validate_addresses(&self) -> Result<(), ConfigError> {
         check_interface_name("inside_interface", &self.inside_interface)?;
         if let Some(outside) = &self.outside_interface {
             check_interface_name("outside_interface", outside)?;
@@ -550,6 +561,11 @@ impl GatewayConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Worker count, their CPUs, and that the control server listens somewhere.
+    fn validate_workers_and_control(&self) -> Result<(), ConfigError> {
         if self.workers == 0 || self.workers > MAX_WORKERS {
             return Err(invalid(
                 "workers",
@@ -574,6 +590,11 @@ impl GatewayConfig {
                 "no listener: set control.unix_socket or control.tcp",
             ));
         }
+        Ok(())
+    }
+
+    /// Flow-table capacity, the port range (split among the workers) and timeouts.
+    fn validate_conntrack(&self) -> Result<(), ConfigError> {
         let capacity = self.conntrack.capacity_per_core;
         if capacity == 0 || capacity > egw_engine::engine::MAX_FLOWS_PER_CORE {
             return Err(invalid(
@@ -597,6 +618,11 @@ impl GatewayConfig {
         Timeouts::from(self.conntrack.timeouts)
             .validate()
             .map_err(|problem| invalid("conntrack.timeouts", problem))?;
+        Ok(())
+    }
+
+    /// The MTU override and the AF_XDP ring and UMEM sizes.
+    fn validate_mtu_and_xdp(&self) -> Result<(), ConfigError> {
         if let Some(mtu) = self.mtu {
             if !(68..=9000).contains(&mtu) {
                 return Err(invalid("mtu", format!("must be 68..=9000, got {mtu}")));
@@ -617,6 +643,11 @@ impl GatewayConfig {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The port-exhaustion threshold of the metrics endpoint.
+    fn validate_metrics(&self) -> Result<(), ConfigError> {
         if let Some(metrics) = &self.metrics {
             let threshold = metrics.port_exhaustion_threshold;
             if !(threshold > 0.0 && threshold <= 1.0) {
@@ -626,6 +657,11 @@ impl GatewayConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The NAT event log section.
+    fn validate_nat_log(&self) -> Result<(), ConfigError> {
         if let Some(nat_log) = &self.nat_log {
             if nat_log.dir.as_os_str().is_empty() {
                 return Err(invalid("nat_log.dir", "must not be empty"));

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `egw_rx_packets_total`, `egw_rx_bytes_total` | `core` | frames the engine received |
 //! | `egw_tx_packets_total`, `egw_tx_bytes_total` | `core` | frames queued for transmission |
-//! | `egw_drops_total` | `core`, `reason` | drops by reason: [`egw_engine::DropReason::name`] and [`GatewayCounters::drops`] |
+//! | `egw_drops_total` | `core`, `reason` | drops by reason: [`egw_engine::DropReason::name`] and [`GatewayCounters::drops`](crate::dataplane::GatewayCounters::drops) |
 //! | `egw_conntrack_flows`, `egw_conntrack_capacity` | `core` | flows tracked and the table's capacity |
 //! | `egw_flows_created_total`, `egw_flows_expired_total` | `core` | flows created and expired |
 //! | `egw_flows_early_dropped_total` | `core` | unanswered flows evicted for new ones while the table was full |
@@ -132,48 +132,53 @@ fn saturating_i64(value: u64) -> i64 {
 }
 
 /// Renders `view` as OpenMetrics text; `exhaustion_threshold` sets `egw_port_exhaustion`.
+///
+/// One function per group of series, called in the order the series appear in the output.
 pub fn render(view: &GatewayView, exhaustion_threshold: f64) -> String {
     let mut registry = Registry::default();
-    let rx_packets = counter(
-        &mut registry,
-        "egw_rx_packets",
-        "Frames received by the engine.",
-    );
-    let rx_bytes = counter(
-        &mut registry,
-        "egw_rx_bytes",
-        "Bytes received by the engine.",
-    );
+    register_core_series(&mut registry, &view.cores);
+    register_port_series(&mut registry, &view.cores, exhaustion_threshold);
+    register_xdp_info(&mut registry, &view.interfaces);
+    register_route_table_generation(&mut registry, view.route_table_generation);
+    if let Some(stats) = &view.nat_log {
+        register_nat_log_series(&mut registry, stats);
+    }
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}
+
+/// Per-core packet, drop, flow and hand-off counters and the conntrack occupancy.
+fn register_core_series(registry: &mut Registry, cores: &[Arc<CoreSnapshot>]) {
+    let rx_packets = counter(registry, "egw_rx_packets", "Frames received by the engine.");
+    let rx_bytes = counter(registry, "egw_rx_bytes", "Bytes received by the engine.");
     let tx_packets = counter(
-        &mut registry,
+        registry,
         "egw_tx_packets",
         "Frames queued for transmission.",
     );
-    let tx_bytes = counter(
-        &mut registry,
-        "egw_tx_bytes",
-        "Bytes queued for transmission.",
-    );
-    let drops = counter(&mut registry, "egw_drops", "Packets dropped, by reason.");
-    let flows_created = counter(&mut registry, "egw_flows_created", "Flows created.");
-    let flows_expired = counter(&mut registry, "egw_flows_expired", "Flows expired.");
+    let tx_bytes = counter(registry, "egw_tx_bytes", "Bytes queued for transmission.");
+    let drops = counter(registry, "egw_drops", "Packets dropped, by reason.");
+    let flows_created = counter(registry, "egw_flows_created", "Flows created.");
+    let flows_expired = counter(registry, "egw_flows_expired", "Flows expired.");
     let flows_early_dropped = counter(
-        &mut registry,
+        registry,
         "egw_flows_early_dropped",
         "Unanswered flows evicted to admit new ones while the table was full.",
     );
     let handoffs = counter(
-        &mut registry,
+        registry,
         "egw_handoffs",
         "Packets handed to the core that owns their flow.",
     );
-    let flows = gauge(&mut registry, "egw_conntrack_flows", "Flows tracked.");
+    let flows = gauge(registry, "egw_conntrack_flows", "Flows tracked.");
     let capacity = gauge(
-        &mut registry,
+        registry,
         "egw_conntrack_capacity",
         "Flows the core's table holds at most.",
     );
-    for core in &view.cores {
+    for core in cores {
         let labels = core_labels(core.core);
         rx_packets
             .get_or_create(&labels)
@@ -214,14 +219,21 @@ pub fn render(view: &GatewayView, exhaustion_threshold: f64) -> String {
                 .inc_by(count);
         }
     }
+}
 
+/// SNAT port use per external IP and protocol, summed over the cores, and its exhaustion flag.
+fn register_port_series(
+    registry: &mut Registry,
+    cores: &[Arc<CoreSnapshot>],
+    exhaustion_threshold: f64,
+) {
     let ports_in_use = gauge(
-        &mut registry,
+        registry,
         "egw_ports_in_use",
         "SNAT ports with at least one lease, all cores.",
     );
     let ports_total = gauge(
-        &mut registry,
+        registry,
         "egw_ports_total",
         "SNAT ports the gateway may allocate, all cores.",
     );
@@ -232,12 +244,12 @@ pub fn render(view: &GatewayView, exhaustion_threshold: f64) -> String {
         utilization.clone(),
     );
     let exhaustion = gauge(
-        &mut registry,
+        registry,
         "egw_port_exhaustion",
         "1 when port utilisation is at or above the configured threshold.",
     );
     let mut usage: BTreeMap<(Ipv4Addr, &'static str), (u64, u64)> = BTreeMap::new();
-    for core in &view.cores {
+    for core in cores {
         for external in &core.port_usage {
             for protocol in &external.usage {
                 let entry = usage
@@ -269,13 +281,16 @@ pub fn render(view: &GatewayView, exhaustion_threshold: f64) -> String {
             .get_or_create(&labels)
             .set(i64::from(total > 0 && ratio >= exhaustion_threshold));
     }
+}
 
+/// One `egw_xdp_info` series per interface, its labels naming the XDP and socket modes.
+fn register_xdp_info(registry: &mut Registry, interfaces: &[XdpInterface]) {
     let xdp = gauge(
-        &mut registry,
+        registry,
         "egw_xdp_info",
         "XDP attach mode and AF_XDP socket mode per interface (always 1).",
     );
-    for interface in &view.interfaces {
+    for interface in interfaces {
         let mode = match interface.mode {
             AttachMode::Native => "native",
             AttachMode::Generic => "generic",
@@ -292,63 +307,61 @@ pub fn render(view: &GatewayView, exhaustion_threshold: f64) -> String {
         ])
         .set(1);
     }
+}
 
+fn register_route_table_generation(registry: &mut Registry, route_table_generation: u64) {
     let generation = Gauge::<i64>::default();
-    generation.set(saturating_i64(view.route_table_generation));
+    generation.set(saturating_i64(route_table_generation));
     registry.register(
         "egw_route_table_generation",
         "Generation of the served route table.",
         generation,
     );
+}
 
-    if let Some(stats) = &view.nat_log {
-        for (name, help, value) in [
-            (
-                "egw_natlog_events_written",
-                "NAT log events written to the file.",
-                stats.events_written,
-            ),
-            (
-                "egw_natlog_events_dropped",
-                "NAT log events lost (queue or engine buffer full).",
-                stats.events_dropped,
-            ),
-            (
-                "egw_natlog_bytes_written",
-                "NAT log bytes written.",
-                stats.bytes_written,
-            ),
-            (
-                "egw_natlog_write_errors",
-                "NAT log writes that failed.",
-                stats.write_errors,
-            ),
-            (
-                "egw_natlog_rotations",
-                "NAT log files started after the first.",
-                stats.rotations,
-            ),
-            (
-                "egw_natlog_ipfix_messages_sent",
-                "IPFIX messages sent to the collector.",
-                stats.ipfix_messages_sent,
-            ),
-            (
-                "egw_natlog_ipfix_send_errors",
-                "IPFIX messages that could not be sent.",
-                stats.ipfix_send_errors,
-            ),
-        ] {
-            let metric = Counter::<u64, AtomicU64>::default();
-            metric.inc_by(value);
-            registry.register(name, help, metric);
-        }
+/// The NAT event log's counters (only when the log is on).
+fn register_nat_log_series(registry: &mut Registry, stats: &NatLogStats) {
+    for (name, help, value) in [
+        (
+            "egw_natlog_events_written",
+            "NAT log events written to the file.",
+            stats.events_written,
+        ),
+        (
+            "egw_natlog_events_dropped",
+            "NAT log events lost (queue or engine buffer full).",
+            stats.events_dropped,
+        ),
+        (
+            "egw_natlog_bytes_written",
+            "NAT log bytes written.",
+            stats.bytes_written,
+        ),
+        (
+            "egw_natlog_write_errors",
+            "NAT log writes that failed.",
+            stats.write_errors,
+        ),
+        (
+            "egw_natlog_rotations",
+            "NAT log files started after the first.",
+            stats.rotations,
+        ),
+        (
+            "egw_natlog_ipfix_messages_sent",
+            "IPFIX messages sent to the collector.",
+            stats.ipfix_messages_sent,
+        ),
+        (
+            "egw_natlog_ipfix_send_errors",
+            "IPFIX messages that could not be sent.",
+            stats.ipfix_send_errors,
+        ),
+    ] {
+        let metric = Counter::<u64, AtomicU64>::default();
+        metric.inc_by(value);
+        registry.register(name, help, metric);
     }
-
-    let mut text = String::new();
-    // Writing into a String cannot fail.
-    let _ = encode(&mut text, &registry);
-    text
 }
 
 /// The `/metrics` and `/healthz` routes over `source`.

@@ -1,4 +1,5 @@
-//! Errors of the writer and of queries, each naming the file or value involved.
+//! Errors of the writer, each naming the file or value involved (those of queries are
+//! `egw-natlog-format`'s).
 
 use std::io;
 use std::path::PathBuf;
@@ -43,31 +44,4 @@ pub enum NatLogError {
     /// The writer thread panicked; events still queued are lost.
     #[error("the NAT log writer thread panicked")]
     WriterPanicked,
-}
-
-/// A time that is not RFC 3339.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{text:?} is not an RFC 3339 time like 2026-11-21T05:40:19.123Z: {reason}")]
-pub struct TimeError {
-    pub text: String,
-    pub reason: String,
-}
-
-/// Reading NAT log files for a query failed.
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    /// The directory could not be listed.
-    #[error("cannot list NAT log directory {path}: {source}")]
-    ReadDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// A log file could not be read.
-    #[error("cannot read NAT log file {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
 }

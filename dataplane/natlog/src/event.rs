@@ -1,129 +1,18 @@
-//! NAT events as queued by dataplane workers and as written to the log.
+//! NAT events as queued by dataplane workers, made from the engine's flow events, and the log
+//! record each becomes (the record format itself is `egw-natlog-format`).
 
-use std::fmt;
 use std::net::SocketAddrV4;
-use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use egw_engine::{FlowEvent, FlowInfo, Protocol};
-use serde::{Deserialize, Serialize};
-use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
-use time::OffsetDateTime;
+use egw_natlog_format::{EventKind, LogProtocol, NatLogRecord, UnixMillis};
 
-use crate::error::TimeError;
-
-/// A point in time: milliseconds since the Unix epoch (UTC).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct UnixMillis(pub i64);
-
-impl UnixMillis {
-    /// The current wall-clock time.
-    pub fn now() -> Self {
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_millis() as i64)
-            .unwrap_or(0);
-        Self(millis)
-    }
-
-    /// RFC 3339 with milliseconds in UTC, e.g. `2026-11-21T05:40:19.123Z`.
-    pub fn to_rfc3339(self) -> String {
-        let format = format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-        );
-        self.date_time()
-            .format(format)
-            .unwrap_or_else(|_| format!("@{}ms", self.0))
-    }
-
-    /// A compact form for file names, e.g. `20261121T054019.123Z`.
-    pub fn to_file_stamp(self) -> String {
-        let format =
-            format_description!("[year][month][day]T[hour][minute][second].[subsecond digits:3]Z");
-        self.date_time()
-            .format(format)
-            .unwrap_or_else(|_| self.0.to_string())
-    }
-
-    /// Parses RFC 3339 (any offset, any sub-second precision; truncated to milliseconds).
-    pub fn parse_rfc3339(text: &str) -> Result<Self, TimeError> {
-        let parsed = OffsetDateTime::parse(text.trim(), &Rfc3339).map_err(|error| TimeError {
-            text: text.to_owned(),
-            reason: error.to_string(),
-        })?;
-        Ok(Self((parsed.unix_timestamp_nanos() / 1_000_000) as i64))
-    }
-
-    fn date_time(self) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-    }
-}
-
-impl fmt::Display for UnixMillis {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(&self.to_rfc3339())
-    }
-}
-
-impl FromStr for UnixMillis {
-    type Err = TimeError;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Self::parse_rfc3339(text)
-    }
-}
-
-impl Serialize for UnixMillis {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_rfc3339())
-    }
-}
-
-impl<'de> Deserialize<'de> for UnixMillis {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Self::parse_rfc3339(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Whether a mapping was created or deleted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    /// A pod endpoint was mapped to an external endpoint.
-    Create,
-    /// The mapping ended.
-    Delete,
-}
-
-/// The translated protocol, as written in the log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogProtocol {
-    Tcp,
-    Udp,
-    /// ICMP echo; the "port" is the echo identifier.
-    Icmp,
-}
-
-impl From<Protocol> for LogProtocol {
-    fn from(protocol: Protocol) -> Self {
-        match protocol {
-            Protocol::Tcp => Self::Tcp,
-            Protocol::Udp => Self::Udp,
-            Protocol::Icmp => Self::Icmp,
-        }
-    }
-}
-
-impl fmt::Display for LogProtocol {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Icmp => "icmp",
-        })
+/// The log's name for an engine protocol. (A function, not a `From` impl: neither type is this
+/// crate's since the record format moved to `egw-natlog-format`.)
+pub fn log_protocol(protocol: Protocol) -> LogProtocol {
+    match protocol {
+        Protocol::Tcp => LogProtocol::Tcp,
+        Protocol::Udp => LogProtocol::Udp,
+        Protocol::Icmp => LogProtocol::Icmp,
     }
 }
 
@@ -165,6 +54,23 @@ impl NatEvent {
         self
     }
 
+    /// The log line of this event for gateway `gateway`.
+    pub fn to_record(&self, gateway: &str) -> NatLogRecord {
+        NatLogRecord {
+            ts: self.at,
+            event: self.kind,
+            proto: self.protocol,
+            pod: self.pod,
+            external: self.external,
+            public: self.public,
+            remote: self.remote,
+            reason: self.reason.map(str::to_owned),
+            age_s: self.age_secs,
+            core: self.core,
+            gateway: gateway.to_owned(),
+        }
+    }
+
     fn from_flow(
         flow: &FlowInfo,
         at: UnixMillis,
@@ -175,7 +81,7 @@ impl NatEvent {
         Self {
             at,
             kind,
-            protocol: flow.protocol.into(),
+            protocol: log_protocol(flow.protocol),
             pod: endpoint(flow.pod),
             external: endpoint(flow.external),
             public: None,
@@ -187,66 +93,11 @@ impl NatEvent {
     }
 }
 
-/// One line of the log file (JSON), e.g.
-/// `{"ts":"2026-11-21T05:40:19.123Z","event":"create","proto":"tcp","pod":"10.244.1.10:40000",
-/// "external":"198.51.100.1:1042","remote":"203.0.113.10:80","core":0,"gateway":"gw-a"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NatLogRecord {
-    pub ts: UnixMillis,
-    pub event: EventKind,
-    pub proto: LogProtocol,
-    pub pod: SocketAddrV4,
-    pub external: SocketAddrV4,
-    /// `external` as the outside world sees it (AWS Elastic IP, same port), when the route
-    /// table names a public address for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public: Option<SocketAddrV4>,
-    pub remote: SocketAddrV4,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age_s: Option<u32>,
-    pub core: u16,
-    pub gateway: String,
-}
-
-impl NatLogRecord {
-    /// The record of `event` for gateway `gateway`.
-    pub fn new(event: &NatEvent, gateway: &str) -> Self {
-        Self {
-            ts: event.at,
-            event: event.kind,
-            proto: event.protocol,
-            pod: event.pod,
-            external: event.external,
-            public: event.public,
-            remote: event.remote,
-            reason: event.reason.map(str::to_owned),
-            age_s: event.age_secs,
-            core: event.core,
-            gateway: gateway.to_owned(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use egw_engine::FlowState;
     use std::net::Ipv4Addr;
-
-    #[test]
-    fn timestamps_round_trip_with_milliseconds() {
-        let at = UnixMillis(1_795_240_819_123);
-        assert_eq!(at.to_rfc3339(), "2026-11-21T06:00:19.123Z");
-        assert_eq!(at.to_file_stamp(), "20261121T060019.123Z");
-        assert_eq!(UnixMillis::parse_rfc3339(&at.to_rfc3339()).unwrap(), at);
-        assert_eq!(
-            UnixMillis::parse_rfc3339("2026-11-21T07:00:19.123456+01:00").unwrap(),
-            at
-        );
-        assert!(UnixMillis::parse_rfc3339("yesterday").is_err());
-    }
 
     #[test]
     fn engine_events_become_log_lines() {
@@ -269,17 +120,15 @@ mod tests {
             flow: flow.clone(),
             reason: "idle_timeout",
         };
-        let line = serde_json::to_string(&NatLogRecord::new(
-            &NatEvent::from_flow_event(&removed, at),
-            "gw-a",
-        ))
-        .unwrap();
+        let line =
+            serde_json::to_string(&NatEvent::from_flow_event(&removed, at).to_record("gw-a"))
+                .unwrap();
         assert_eq!(
             line,
             r#"{"ts":"2026-11-21T06:00:19.123Z","event":"delete","proto":"tcp","pod":"10.244.1.10:40000","external":"198.51.100.1:1042","remote":"203.0.113.10:80","reason":"idle_timeout","age_s":75,"core":3,"gateway":"gw-a"}"#
         );
         let created = NatEvent::from_flow_event(&FlowEvent::Created(flow), at);
-        let record = NatLogRecord::new(&created, "gw-a");
+        let record = created.to_record("gw-a");
         let line = serde_json::to_string(&record).unwrap();
         assert!(!line.contains("reason") && line.contains(r#""event":"create""#));
         assert_eq!(serde_json::from_str::<NatLogRecord>(&line).unwrap(), record);

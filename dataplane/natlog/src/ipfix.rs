@@ -9,7 +9,9 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::event::{EventKind, LogProtocol, NatEvent};
+use egw_natlog_format::{EventKind, LogProtocol};
+
+use crate::event::NatEvent;
 
 /// IPFIX version number (RFC 7011 §3.1).
 pub const IPFIX_VERSION: u16 = 10;
@@ -255,7 +257,7 @@ impl IpfixExporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::UnixMillis;
+    use egw_natlog_format::UnixMillis;
 
     #[test]
     fn a_message_has_the_rfc_7011_layout() {

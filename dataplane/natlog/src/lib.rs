@@ -12,10 +12,19 @@
 //! [`NatLogSender`]: a bounded lock-free queue that never blocks; when it is full,
 //! events are dropped and counted. One writer thread ([`NatLogWriter`]) formats
 //! them into rotating files written through io_uring (plain writes where io_uring
-//! is unavailable). [`NatLogIndex`] reads the files back and answers queries.
+//! is unavailable). [`NatLogIndex`] reads the files back and answers queries; it and the record
+//! types live in `egw-natlog-format` (re-exported here), so that readers such as `egwctl` link
+//! neither io_uring nor the engine.
 //! Optionally the same events go to an IPFIX collector ([`ipfix`], RFC 7011 with
 //! RFC 8158 NAT44 session records). [`NatLogStats`] has the counters to export
 //! (`egw_natlog_events_dropped_total` is `events_dropped`).
+//!
+//! # Unsafe code
+//!
+//! The crate denies `unsafe` (its Cargo.toml `[lints]`) except in its private io_uring module,
+//! which allows it for the two submission-queue pushes, each with a `// SAFETY:` note. This crate
+//! and `egw-xdp` are the only ones with `unsafe` code; the record format and query
+//! (`egw-natlog-format`) have none.
 //!
 //! ```no_run
 //! use egw_natlog::{NatLogConfig, NatLogWriter};
@@ -36,15 +45,17 @@
 mod error;
 mod event;
 pub mod ipfix;
-mod query;
 mod uring;
 mod writer;
 
-pub use error::{NatLogError, QueryError, TimeError};
-pub use event::{EventKind, LogProtocol, NatEvent, NatLogRecord, UnixMillis};
+pub use egw_natlog_format::{
+    EventKind, LogProtocol, Mapping, NatLogIndex, NatLogRecord, QueryError, RecordFilter,
+    TimeError, UnixMillis, FILE_SUFFIX,
+};
+pub use error::NatLogError;
+pub use event::{log_protocol, NatEvent};
 pub use ipfix::IpfixConfig;
-pub use query::{Mapping, NatLogIndex, RecordFilter};
 pub use writer::{
     queue, ActiveBackend, IoBackend, NatLogConfig, NatLogReceiver, NatLogSender, NatLogStats,
-    NatLogWriter, FILE_SUFFIX,
+    NatLogWriter,
 };

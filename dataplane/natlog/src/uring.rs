@@ -7,6 +7,7 @@
 //! filled, moved nor freed until its completion has been reaped; [`UringFile`]'s
 //! `Drop` waits for every in-flight write and, if it cannot, leaks the buffers
 //! rather than free memory the kernel may still read.
+// Why unsafe: pushing a submission entry is unsafe in io-uring, as the kernel reads our buffers later.
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]

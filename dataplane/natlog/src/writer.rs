@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
 use egw_engine::FlowEvent;
+use egw_natlog_format::{UnixMillis, FILE_SUFFIX};
 use serde::Serialize;
 
 use crate::error::NatLogError;
-use crate::event::{NatEvent, NatLogRecord, UnixMillis};
+use crate::event::NatEvent;
 use crate::ipfix::{IpfixConfig, IpfixExporter};
 use crate::uring::UringFile;
 
@@ -21,8 +22,6 @@ use crate::uring::UringFile;
 const BATCH: usize = 4096;
 /// Attempts at a unique file name when several files start in the same millisecond.
 const NAME_ATTEMPTS: u32 = 10_000;
-/// Log file name suffix; queries read every file with it.
-pub const FILE_SUFFIX: &str = ".jsonl";
 
 /// How log files are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -611,7 +610,7 @@ impl WriterState {
             self.count_ipfix(outcome);
         }
         self.line.clear();
-        let record = NatLogRecord::new(event, &self.config.gateway);
+        let record = event.to_record(&self.config.gateway);
         if let Err(error) = serde_json::to_writer(&mut self.line, &record) {
             self.write_failed(&io::Error::other(error));
             return;

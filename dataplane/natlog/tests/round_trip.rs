@@ -84,6 +84,10 @@ fn submit_all(writer: &NatLogWriter, events: &[NatEvent]) {
 /// next pod gets it in the same millisecond the previous mapping is deleted, and
 /// for one port a second pod shares it towards a different remote.
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario: the events, the ground truth they imply, and every query checked against it"
+)]
 fn the_right_pod_is_found_across_rotations_and_port_reuse() {
     let dir = tempfile::tempdir().unwrap();
     let writer = NatLogWriter::start(small_files(dir.path())).unwrap();

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::ControlError;
+use super::error::ControlError;
 
 /// The default Unix socket path.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/egw/egw.sock";

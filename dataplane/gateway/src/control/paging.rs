@@ -11,7 +11,7 @@ use egw_proto::v1;
 use ipnet::Ipv4Net;
 use tonic::Status;
 
-use super::{FlowCursor, FlowQuery};
+use super::api::{FlowCursor, FlowQuery};
 
 /// Page size used when a request asks for 0.
 pub const DEFAULT_PAGE_SIZE: usize = 100;

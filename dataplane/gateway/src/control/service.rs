@@ -11,9 +11,9 @@ use tokio_stream::wrappers::{IntervalStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::api::{BackendError, ControlBackend};
 use super::auth::{require, Role};
 use super::paging::{encode_token, query_from_request};
-use super::{BackendError, ControlBackend};
 
 /// WatchStats interval bounds and default, in milliseconds.
 const MIN_WATCH_INTERVAL_MS: u64 = 100;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::QueryError;
-use crate::event::{EventKind, LogProtocol, NatLogRecord, UnixMillis};
-use crate::writer::FILE_SUFFIX;
+use crate::millis::UnixMillis;
+use crate::record::{EventKind, LogProtocol, NatLogRecord, FILE_SUFFIX};
 
 /// One mapping's life, rebuilt from its create and delete records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
