@@ -1243,6 +1243,7 @@ impl Caches {
         }
     }
 
+    /// What the stores hold now, for one reconcile.
     fn state(&self) -> ClusterState {
         ClusterState {
             pods: self.pods.state(),
