@@ -21,7 +21,9 @@
 pub mod annotations;
 pub mod aws;
 pub mod cluster;
-pub mod crd;
+/// The custom resource types, from the `egw-crd` crate (kept at this path for the controller's
+/// own code and tests).
+pub use egw_crd as crd;
 pub mod crdgen;
 pub mod endpoint;
 pub mod input;

@@ -323,6 +323,10 @@ async fn secondary_ip_gateway_fails_over_addresses_and_routes_and_cleans_up_on_e
 /// its first pass; a restarted controller converges to one ENI per node and the addresses,
 /// with nothing leaked or duplicated; deletion removes egw's ENIs and leaves the adopted
 /// address allocated.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one crash-at-every-call scenario read top to bottom"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eni_per_gateway_converges_after_a_crash_at_every_call_and_never_leaks() {
     let moto = Moto::start();

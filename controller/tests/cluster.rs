@@ -495,6 +495,10 @@ async fn a_fresh_lease_of_another_replica_is_left_alone_and_an_expired_one_taken
 
 /// The whole of cluster mode: lists of the four kinds, the Lease, then the leader's status write;
 /// and a clean stop on shutdown.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario of cluster mode (list, lease, reconcile, shutdown) read top to bottom"
+)]
 #[tokio::test]
 async fn run_lists_acquires_the_lease_then_reconciles_and_stops_on_shutdown() {
     let policy = serde_json::to_value(bypass_policy()).unwrap();

@@ -24,7 +24,7 @@ fn committed_crds_match_the_rust_types() {
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             committed == generated,
-            "{} is out of date with the Rust types in controller/src/crd.rs; regenerate it with \
+            "{} is out of date with the Rust types in controller/crd/src/lib.rs; regenerate it with \
              `cargo run -p egw-controller --bin crdgen` and commit the result",
             path.display()
         );

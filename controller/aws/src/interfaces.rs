@@ -348,6 +348,93 @@ fn is_address_in_use(err: &ProviderError) -> bool {
     matches!(err, ProviderError::Permanent { code, .. } if ADDRESS_IN_USE_CODES.contains(&code.as_str()))
 }
 
+/// One SecondaryIp assignment: the intent, where it goes and the record it keeps.
+struct SecondaryAssignment<'a> {
+    intent: &'a PrivateAddressIntent,
+    instance: &'a Instance,
+    /// The instance's primary ENI.
+    eni: &'a Eni,
+    record_key: &'a str,
+    /// The record as read before this assignment.
+    recorded: &'a BTreeSet<Ipv4Addr>,
+    /// Secondary IPs wanted.
+    count: usize,
+}
+
+/// Checks, before changing anything, that the instance's primary ENI can hold the gateway's
+/// addresses (`present` of them are there already) and that the record tag can name them.
+fn check_secondary_fit(
+    intent: &PrivateAddressIntent,
+    instance: &Instance,
+    limits: &InstanceTypeLimits,
+    eni: &Eni,
+    present: &[Ipv4Addr],
+    record_key: &str,
+) -> Result<(), ProviderError> {
+    let egw_on_eni = u32::try_from(present.len()).unwrap_or(u32::MAX);
+    let wanted_total = (eni.address_count() - egw_on_eni).saturating_add(intent.count);
+    if wanted_total > limits.ipv4_addresses_per_interface {
+        return Err(too_many_addresses(
+            instance,
+            wanted_total,
+            limits.ipv4_addresses_per_interface,
+        ));
+    }
+    if intent.count > MAX_RECORDED_ADDRESSES {
+        return Err(ProviderError::InvalidIntent(format!(
+            "{} secondary IPs do not fit the {record_key} record tag: SecondaryIp mode holds at most {MAX_RECORDED_ADDRESSES} per gateway and instance (use EniPerGateway)",
+            intent.count
+        )));
+    }
+    Ok(())
+}
+
+/// `shortfall` free addresses of the subnet for the assignment, none of them in the record
+/// (old or new) or rejected before; an error when the subnet has too few.
+fn pick_shortfall(
+    assignment: &SecondaryAssignment<'_>,
+    cidr: (Ipv4Addr, u32),
+    in_use: &BTreeSet<Ipv4Addr>,
+    record: &BTreeSet<Ipv4Addr>,
+    rejected: &BTreeSet<Ipv4Addr>,
+    shortfall: usize,
+) -> Result<Vec<Ipv4Addr>, ProviderError> {
+    let mut excluded = rejected.clone();
+    excluded.extend(record.iter().copied());
+    excluded.extend(assignment.recorded.iter().copied());
+    let picked = pick_free_addresses(
+        cidr,
+        in_use,
+        &excluded,
+        shortfall,
+        pick_start(&assignment.intent.gateway, &assignment.instance.id),
+    );
+    if picked.len() < shortfall {
+        return Err(ProviderError::LimitExceeded {
+            operation: "AssignPrivateIpAddresses",
+            code: "InsufficientFreeAddressesInSubnet".into(),
+            message: format!(
+                "subnet {} has {} free addresses, {} needed",
+                assignment.eni.subnet_id,
+                picked.len(),
+                shortfall
+            ),
+        });
+    }
+    Ok(picked)
+}
+
+/// The instance has no free device index for one more ENI.
+fn no_free_device_index(instance: &Instance, limits: &InstanceTypeLimits) -> ProviderError {
+    ProviderError::InstanceLimitExceeded {
+        instance_id: instance.id.clone(),
+        instance_type: instance.instance_type.clone(),
+        what: "network interfaces",
+        wanted: u32::try_from(instance.enis.len() + 1).unwrap_or(u32::MAX),
+        limit: limits.max_network_interfaces,
+    }
+}
+
 fn too_many_addresses(instance: &Instance, wanted: u32, limit: u32) -> ProviderError {
     ProviderError::InstanceLimitExceeded {
         instance_id: instance.id.clone(),
@@ -605,6 +692,10 @@ impl Ec2Provider {
     // SecondaryIp
     // -----------------------------------------------------------------------------------------
 
+    /// SecondaryIp: `intent.count` secondary private IPs on the instance's primary ENI,
+    /// recorded in a tag of that ENI before they are assigned. Addresses already there are kept
+    /// (the lowest first); new ones are picked in the subnet, and picked again when another
+    /// assigner (the VPC CNI) takes them first.
     async fn ensure_secondary_ips(
         &self,
         intent: &PrivateAddressIntent,
@@ -627,21 +718,7 @@ impl Ec2Provider {
             .copied()
             .filter(|ip| *ip != eni.primary_ip && eni.holds(*ip))
             .collect();
-        let egw_on_eni = u32::try_from(present.len()).unwrap_or(u32::MAX);
-        let wanted_total = (eni.address_count() - egw_on_eni).saturating_add(intent.count);
-        if wanted_total > limits.ipv4_addresses_per_interface {
-            return Err(too_many_addresses(
-                &instance,
-                wanted_total,
-                limits.ipv4_addresses_per_interface,
-            ));
-        }
-        if intent.count > MAX_RECORDED_ADDRESSES {
-            return Err(ProviderError::InvalidIntent(format!(
-                "{} secondary IPs do not fit the {record_key} record tag: SecondaryIp mode holds at most {MAX_RECORDED_ADDRESSES} per gateway and instance (use EniPerGateway)",
-                intent.count
-            )));
-        }
+        check_secondary_fit(intent, &instance, &limits, &eni, &present, &record_key)?;
 
         // The gateway's ENI on this instance from an earlier EniPerGateway intent goes.
         for stale in self
@@ -671,51 +748,49 @@ impl Ec2Provider {
         self.unassign(&eni.id, &surplus_present).await?;
         let mut record: BTreeSet<Ipv4Addr> = kept_present.iter().copied().collect();
         record.extend(kept_missing.iter().copied());
+        let assignment = SecondaryAssignment {
+            intent,
+            instance: &instance,
+            eni: &eni,
+            record_key: &record_key,
+            recorded: &recorded,
+            count,
+        };
+        let on_eni = self
+            .assign_secondaries(&assignment, record, kept_present, kept_missing)
+            .await?;
+        self.disable_source_dest_check(&eni).await?;
+        Ok(GatewayInterface {
+            network_interface_id: eni.id,
+            device_index: 0,
+            private_ips: on_eni.into_iter().collect(),
+        })
+    }
 
-        let mut on_eni: BTreeSet<Ipv4Addr> = kept_present.iter().copied().collect();
+    /// Rounds of: pick addresses for the shortfall, write the record, assign. Ends when a round
+    /// assigns everything (the addresses now on the ENI), or after [`MAX_ADDRESS_PICK_ROUNDS`].
+    async fn assign_secondaries(
+        &self,
+        assignment: &SecondaryAssignment<'_>,
+        mut record: BTreeSet<Ipv4Addr>,
+        kept_present: Vec<Ipv4Addr>,
+        kept_missing: Vec<Ipv4Addr>,
+    ) -> Result<BTreeSet<Ipv4Addr>, ProviderError> {
+        let eni = assignment.eni;
+        let mut on_eni: BTreeSet<Ipv4Addr> = kept_present.into_iter().collect();
         let mut to_assign: Vec<Ipv4Addr> = kept_missing;
         let mut rejected: BTreeSet<Ipv4Addr> = BTreeSet::new();
         let mut subnet: Option<((Ipv4Addr, u32), BTreeSet<Ipv4Addr>)> = None;
-        let mut written_record = recorded.clone();
+        let mut written_record = assignment.recorded.clone();
         for _round in 0..MAX_ADDRESS_PICK_ROUNDS {
-            let shortfall = count - record.len();
+            let shortfall = assignment.count - record.len();
             if shortfall > 0 {
                 if subnet.is_none() {
-                    let cidr = self.subnet_cidr(&eni.subnet_id).await?;
-                    let in_use: BTreeSet<Ipv4Addr> = self
-                        .describe_enis(vec![filter("subnet-id", &eni.subnet_id)])
-                        .await?
-                        .iter()
-                        .flat_map(|other| {
-                            std::iter::once(other.primary_ip)
-                                .chain(other.secondary_ips.iter().copied())
-                        })
-                        .collect();
-                    subnet = Some((cidr, in_use));
+                    subnet = Some(self.subnet_in_use(&eni.subnet_id).await?);
                 }
                 if let Some((cidr, in_use)) = &subnet {
-                    let mut excluded = rejected.clone();
-                    excluded.extend(record.iter().copied());
-                    excluded.extend(recorded.iter().copied());
-                    let picked = pick_free_addresses(
-                        *cidr,
-                        in_use,
-                        &excluded,
-                        shortfall,
-                        pick_start(&intent.gateway, &instance.id),
-                    );
-                    if picked.len() < shortfall {
-                        return Err(ProviderError::LimitExceeded {
-                            operation: "AssignPrivateIpAddresses",
-                            code: "InsufficientFreeAddressesInSubnet".into(),
-                            message: format!(
-                                "subnet {} has {} free addresses, {} needed",
-                                eni.subnet_id,
-                                picked.len(),
-                                shortfall
-                            ),
-                        });
-                    }
+                    let picked =
+                        pick_shortfall(assignment, *cidr, in_use, &record, &rejected, shortfall)?;
                     record.extend(picked.iter().copied());
                     to_assign.extend(picked);
                 }
@@ -724,45 +799,25 @@ impl Ec2Provider {
             // assignment cannot leave an address egw does not know it holds.
             if record != written_record {
                 if record.is_empty() {
-                    self.delete_tag(&eni.id, &record_key).await?;
+                    self.delete_tag(&eni.id, assignment.record_key).await?;
                 } else {
-                    self.set_tag(&eni.id, &record_key, &format_record(&record))
+                    self.set_tag(&eni.id, assignment.record_key, &format_record(&record))
                         .await?;
                 }
                 written_record = record.clone();
             }
             let mut raced = false;
             for ip in std::mem::take(&mut to_assign) {
-                match self
-                    .client
-                    .assign_private_ip_addresses()
-                    .network_interface_id(&eni.id)
-                    .private_ip_addresses(ip.to_string())
-                    .allow_reassignment(false)
-                    .send()
-                    .await
-                    .map_err(|err| classify("AssignPrivateIpAddresses", err))
-                {
-                    Ok(_) => {
-                        tracing::info!(eni = %eni.id, %ip, gateway = %intent.gateway.gateway, "assigned secondary private IP");
-                        on_eni.insert(ip);
-                    }
-                    Err(err) if is_address_in_use(&err) => {
-                        tracing::warn!(eni = %eni.id, %ip, "address taken meanwhile (VPC CNI?); picking another");
-                        record.remove(&ip);
-                        rejected.insert(ip);
-                        raced = true;
-                    }
-                    Err(other) => return Err(other),
+                if self.assign_secondary(assignment, ip).await? {
+                    on_eni.insert(ip);
+                } else {
+                    record.remove(&ip);
+                    rejected.insert(ip);
+                    raced = true;
                 }
             }
             if !raced {
-                self.disable_source_dest_check(&eni).await?;
-                return Ok(GatewayInterface {
-                    network_interface_id: eni.id,
-                    device_index: 0,
-                    private_ips: on_eni.into_iter().collect(),
-                });
+                return Ok(on_eni);
             }
         }
         Err(ProviderError::Retryable {
@@ -776,10 +831,59 @@ impl Ec2Provider {
         })
     }
 
+    /// The subnet's CIDR and every address its ENIs hold.
+    async fn subnet_in_use(
+        &self,
+        subnet_id: &str,
+    ) -> Result<((Ipv4Addr, u32), BTreeSet<Ipv4Addr>), ProviderError> {
+        let cidr = self.subnet_cidr(subnet_id).await?;
+        let in_use: BTreeSet<Ipv4Addr> = self
+            .describe_enis(vec![filter("subnet-id", subnet_id)])
+            .await?
+            .iter()
+            .flat_map(|other| {
+                std::iter::once(other.primary_ip).chain(other.secondary_ips.iter().copied())
+            })
+            .collect();
+        Ok((cidr, in_use))
+    }
+
+    /// Assigns `ip` to the ENI; `false` when another assigner took it meanwhile.
+    async fn assign_secondary(
+        &self,
+        assignment: &SecondaryAssignment<'_>,
+        ip: Ipv4Addr,
+    ) -> Result<bool, ProviderError> {
+        let eni = assignment.eni;
+        match self
+            .client
+            .assign_private_ip_addresses()
+            .network_interface_id(&eni.id)
+            .private_ip_addresses(ip.to_string())
+            .allow_reassignment(false)
+            .send()
+            .await
+            .map_err(|err| classify("AssignPrivateIpAddresses", err))
+        {
+            Ok(_) => {
+                tracing::info!(eni = %eni.id, %ip, gateway = %assignment.intent.gateway.gateway, "assigned secondary private IP");
+                Ok(true)
+            }
+            Err(err) if is_address_in_use(&err) => {
+                tracing::warn!(eni = %eni.id, %ip, "address taken meanwhile (VPC CNI?); picking another");
+                Ok(false)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
     // -----------------------------------------------------------------------------------------
     // EniPerGateway
     // -----------------------------------------------------------------------------------------
 
+    /// EniPerGateway: one egw ENI per (gateway, instance), attached, deleted with the
+    /// instance, without source/dest check, with `intent.count` private IPs (its primary and
+    /// `count - 1` secondaries). Everything is checked before anything changes.
     async fn ensure_gateway_eni(
         &self,
         intent: &PrivateAddressIntent,
@@ -796,7 +900,7 @@ impl Ec2Provider {
             .instance_type_limits_once(&instance.instance_type)
             .await?;
         let tags = eni_tags(&intent.gateway, &instance.id);
-        let mut candidates = self.describe_enis(tag_filters(&tags)).await?;
+        let candidates = self.describe_enis(tag_filters(&tags)).await?;
 
         // Check before changing anything.
         if intent.count > limits.ipv4_addresses_per_interface {
@@ -809,13 +913,7 @@ impl Ec2Provider {
         let already_attached = candidates.iter().any(|eni| eni.attached_to(&instance.id));
         let free_index = instance.free_device_index(&limits);
         if !already_attached && free_index.is_none() {
-            return Err(ProviderError::InstanceLimitExceeded {
-                instance_id: instance.id.clone(),
-                instance_type: instance.instance_type.clone(),
-                what: "network interfaces",
-                wanted: u32::try_from(instance.enis.len() + 1).unwrap_or(u32::MAX),
-                limit: limits.max_network_interfaces,
-            });
+            return Err(no_free_device_index(&instance, &limits));
         }
 
         // Secondary IPs of an earlier SecondaryIp intent of this gateway on this node go.
@@ -823,19 +921,7 @@ impl Ec2Provider {
         self.release_record(primary, &secondary_ips_tag_key(&intent.gateway))
             .await?;
 
-        // Of duplicates (a lost CreateNetworkInterface response, a racing replica), keep the
-        // attached one, else the lowest ID: every pass and replica picks the same.
-        candidates.sort_by(|a, b| {
-            (!a.attached_to(&instance.id), &a.id).cmp(&(!b.attached_to(&instance.id), &b.id))
-        });
-        let mut candidates = candidates.into_iter();
-        let kept = candidates.next();
-        for duplicate in candidates {
-            tracing::warn!(eni = %duplicate.id, instance = %instance.id, "deleting duplicate egw ENI");
-            self.delete_eni(&duplicate).await?;
-        }
-
-        let mut eni = match kept {
+        let mut eni = match self.keep_one_eni(candidates, &instance).await? {
             Some(eni) => eni,
             None => {
                 self.create_eni(intent, &instance, subnet_id, security_group_ids)
@@ -843,108 +929,23 @@ impl Ec2Provider {
             }
         };
         let mut changed = false;
-
         if !eni.attached_to(&instance.id) {
-            if eni.active_attachment().is_some() || !eni.available {
-                // Tagged for this instance but attached elsewhere (take it back), still being
-                // detached, or still pending after its creation: wait until it can be attached.
-                self.detach_and_wait(&eni).await?;
-            }
-            let device_index = free_index.ok_or_else(|| ProviderError::InstanceLimitExceeded {
-                instance_id: instance.id.clone(),
-                instance_type: instance.instance_type.clone(),
-                what: "network interfaces",
-                wanted: u32::try_from(instance.enis.len() + 1).unwrap_or(u32::MAX),
-                limit: limits.max_network_interfaces,
-            })?;
-            let output = self
-                .client
-                .attach_network_interface()
-                .network_interface_id(&eni.id)
-                .instance_id(&instance.id)
-                .device_index(device_index)
-                .send()
-                .await
-                .map_err(|err| settling(classify("AttachNetworkInterface", err)))?;
-            let attachment_id = output
-                .attachment_id()
-                .ok_or_else(|| unexpected("AttachNetworkInterface", "no AttachmentId"))?;
-            tracing::info!(eni = %eni.id, instance = %instance.id, device_index, attachment = %attachment_id, "attached egw ENI");
-            eni.attachment = Some(Attachment {
-                attachment_id: attachment_id.to_string(),
-                instance_id: Some(instance.id.clone()),
-                device_index: Some(device_index),
-                delete_on_termination: false,
-                active: true,
-            });
+            let device_index =
+                free_index.ok_or_else(|| no_free_device_index(&instance, &limits))?;
+            self.attach_eni(&mut eni, &instance, device_index).await?;
             changed = true;
         }
-
-        if let Some(attachment) = eni.active_attachment() {
-            if !attachment.delete_on_termination {
-                // A terminated instance then takes its egw ENI with it instead of leaking it.
-                self.client
-                    .modify_network_interface_attribute()
-                    .network_interface_id(&eni.id)
-                    .attachment(
-                        NetworkInterfaceAttachmentChanges::builder()
-                            .attachment_id(&attachment.attachment_id)
-                            .delete_on_termination(true)
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(|err| settling(classify("ModifyNetworkInterfaceAttribute", err)))?;
-                changed = true;
-            }
-        }
-
+        changed |= self.delete_on_termination(&eni).await?;
         if eni.source_dest_check {
             self.disable_source_dest_check(&eni).await?;
             changed = true;
         }
-
         let wanted_secondaries = usize::try_from(intent.count - 1).unwrap_or(usize::MAX);
-        let have = eni.secondary_ips.len();
-        if have < wanted_secondaries {
-            let add = i32::try_from(wanted_secondaries - have).unwrap_or(i32::MAX);
-            self.client
-                .assign_private_ip_addresses()
-                .network_interface_id(&eni.id)
-                .secondary_private_ip_address_count(add)
-                .send()
-                .await
-                .map_err(|err| settling(classify("AssignPrivateIpAddresses", err)))?;
-            tracing::info!(eni = %eni.id, add, "assigned secondary private IPs");
-            changed = true;
-        } else if have > wanted_secondaries {
-            // The highest go, so the addresses the gateway keeps (and their EIPs) stay put.
-            let surplus = eni.secondary_ips[wanted_secondaries..].to_vec();
-            self.unassign(&eni.id, &surplus).await?;
-            changed = true;
-        }
-
+        changed |= self.size_secondaries(&eni, wanted_secondaries).await?;
         if changed {
-            eni = self.describe_eni(&eni.id).await?.ok_or_else(|| {
-                unexpected(
-                    "DescribeNetworkInterfaces",
-                    &format!("egw ENI {} vanished while being set up", eni.id),
-                )
-            })?;
-            if eni.secondary_ips.len() != wanted_secondaries || !eni.attached_to(&instance.id) {
-                // EC2 applies some changes asynchronously; the retry re-reads and finishes.
-                return Err(ProviderError::Retryable {
-                    operation: "DescribeNetworkInterfaces",
-                    code: "NotYetConverged".into(),
-                    message: format!(
-                        "egw ENI {} has {} secondaries (want {wanted_secondaries}), attached here: {}",
-                        eni.id,
-                        eni.secondary_ips.len(),
-                        eni.attached_to(&instance.id)
-                    ),
-                    attempts: 1,
-                });
-            }
+            eni = self
+                .reread_converged(&eni.id, &instance, wanted_secondaries)
+                .await?;
         }
         let device_index = eni
             .active_attachment()
@@ -962,6 +963,141 @@ impl Ec2Provider {
             device_index,
             private_ips,
         })
+    }
+
+    /// Of duplicates (a lost CreateNetworkInterface response, a racing replica), keeps the
+    /// attached one, else the lowest ID: every pass and replica picks the same. The others are
+    /// deleted.
+    async fn keep_one_eni(
+        &self,
+        mut candidates: Vec<Eni>,
+        instance: &Instance,
+    ) -> Result<Option<Eni>, ProviderError> {
+        candidates.sort_by(|a, b| {
+            (!a.attached_to(&instance.id), &a.id).cmp(&(!b.attached_to(&instance.id), &b.id))
+        });
+        let mut candidates = candidates.into_iter();
+        let kept = candidates.next();
+        for duplicate in candidates {
+            tracing::warn!(eni = %duplicate.id, instance = %instance.id, "deleting duplicate egw ENI");
+            self.delete_eni(&duplicate).await?;
+        }
+        Ok(kept)
+    }
+
+    /// Attaches `eni` to `instance` at `device_index`, after taking it back from wherever it
+    /// is attached, and records the attachment in `eni`.
+    async fn attach_eni(
+        &self,
+        eni: &mut Eni,
+        instance: &Instance,
+        device_index: i32,
+    ) -> Result<(), ProviderError> {
+        if eni.active_attachment().is_some() || !eni.available {
+            // Tagged for this instance but attached elsewhere (take it back), still being
+            // detached, or still pending after its creation: wait until it can be attached.
+            self.detach_and_wait(eni).await?;
+        }
+        let output = self
+            .client
+            .attach_network_interface()
+            .network_interface_id(&eni.id)
+            .instance_id(&instance.id)
+            .device_index(device_index)
+            .send()
+            .await
+            .map_err(|err| settling(classify("AttachNetworkInterface", err)))?;
+        let attachment_id = output
+            .attachment_id()
+            .ok_or_else(|| unexpected("AttachNetworkInterface", "no AttachmentId"))?;
+        tracing::info!(eni = %eni.id, instance = %instance.id, device_index, attachment = %attachment_id, "attached egw ENI");
+        eni.attachment = Some(Attachment {
+            attachment_id: attachment_id.to_string(),
+            instance_id: Some(instance.id.clone()),
+            device_index: Some(device_index),
+            delete_on_termination: false,
+            active: true,
+        });
+        Ok(())
+    }
+
+    /// Marks the attachment delete-on-termination: a terminated instance then takes its egw
+    /// ENI with it instead of leaking it. `true` when it changed something.
+    async fn delete_on_termination(&self, eni: &Eni) -> Result<bool, ProviderError> {
+        let Some(attachment) = eni.active_attachment() else {
+            return Ok(false);
+        };
+        if attachment.delete_on_termination {
+            return Ok(false);
+        }
+        self.client
+            .modify_network_interface_attribute()
+            .network_interface_id(&eni.id)
+            .attachment(
+                NetworkInterfaceAttachmentChanges::builder()
+                    .attachment_id(&attachment.attachment_id)
+                    .delete_on_termination(true)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|err| settling(classify("ModifyNetworkInterfaceAttribute", err)))?;
+        Ok(true)
+    }
+
+    /// Gives `eni` exactly `wanted` secondary IPs (EC2 picks new ones; the highest go).
+    /// `true` when it changed something.
+    async fn size_secondaries(&self, eni: &Eni, wanted: usize) -> Result<bool, ProviderError> {
+        let have = eni.secondary_ips.len();
+        if have < wanted {
+            let add = i32::try_from(wanted - have).unwrap_or(i32::MAX);
+            self.client
+                .assign_private_ip_addresses()
+                .network_interface_id(&eni.id)
+                .secondary_private_ip_address_count(add)
+                .send()
+                .await
+                .map_err(|err| settling(classify("AssignPrivateIpAddresses", err)))?;
+            tracing::info!(eni = %eni.id, add, "assigned secondary private IPs");
+            Ok(true)
+        } else if have > wanted {
+            // The highest go, so the addresses the gateway keeps (and their EIPs) stay put.
+            let surplus = eni.secondary_ips[wanted..].to_vec();
+            self.unassign(&eni.id, &surplus).await?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// The ENI as EC2 has it after changes; a retryable error until it shows them (EC2 applies
+    /// some changes asynchronously; the retry re-reads and finishes).
+    async fn reread_converged(
+        &self,
+        eni_id: &str,
+        instance: &Instance,
+        wanted_secondaries: usize,
+    ) -> Result<Eni, ProviderError> {
+        let eni = self.describe_eni(eni_id).await?.ok_or_else(|| {
+            unexpected(
+                "DescribeNetworkInterfaces",
+                &format!("egw ENI {eni_id} vanished while being set up"),
+            )
+        })?;
+        if eni.secondary_ips.len() != wanted_secondaries || !eni.attached_to(&instance.id) {
+            return Err(ProviderError::Retryable {
+                operation: "DescribeNetworkInterfaces",
+                code: "NotYetConverged".into(),
+                message: format!(
+                    "egw ENI {} has {} secondaries (want {wanted_secondaries}), attached here: {}",
+                    eni.id,
+                    eni.secondary_ips.len(),
+                    eni.attached_to(&instance.id)
+                ),
+                attempts: 1,
+            });
+        }
+        Ok(eni)
     }
 
     async fn create_eni(

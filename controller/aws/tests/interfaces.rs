@@ -361,6 +361,10 @@ async fn secondary_ips_converge_after_a_crash_at_every_call() {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one ENI lifecycle scenario (create, tag, attach, repeat) read top to bottom"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_eni_is_created_tagged_attached_and_idempotent() {
     let moto = Moto::start();

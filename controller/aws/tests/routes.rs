@@ -149,6 +149,10 @@ async fn creates_a_missing_route_and_deletes_it_on_release() {
 
 /// Every kind of target a route can have before egw takes it over comes back on release, each
 /// through its own ReplaceRoute parameter.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario (every route target kind, taken over and restored) read top to bottom"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takes_over_and_restores_routes_to_every_kind_of_target() {
     let moto = Moto::start();

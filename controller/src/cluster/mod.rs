@@ -1091,6 +1091,9 @@ async fn sleep_until(due: Option<std::time::Instant>, last_reconcile: tokio::tim
 }
 
 /// Runs cluster mode until `shutdown` completes; `aws` manages AWS gateways (`--aws`).
+///
+/// Serves `/metrics` and `/healthz`, follows the four kinds, waits until their caches have
+/// listed once, then elects a leader and reconciles while leading.
 pub async fn run_with_aws(
     client: Client,
     options: ClusterOptions,
@@ -1098,13 +1101,57 @@ pub async fn run_with_aws(
     aws: Option<Box<dyn AwsBackend>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ClusterError> {
-    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     // The loop beats at least every renewal period; four missed periods mean it is stuck.
     let health = http::Health::new(
         options.lease.renew_interval * 4 + options.resync_interval.min(Duration::from_secs(60)),
     );
     health.beat();
-    if let Some(address) = options.http_address {
+    let http_stop = serve_http(options.http_address, &metrics, &health).await?;
+
+    let wake = Arc::new(Notify::new());
+    let mut watchers = Watchers(Vec::new());
+    let caches = Caches::follow(&client, &metrics, &wake, &mut watchers);
+
+    let elector = LeaderElector::new(client.clone(), options.lease.clone());
+    let mut reconciler = Reconciler::new(
+        client,
+        options.lease.identity.clone(),
+        options.push.clone(),
+        metrics.clone(),
+    )
+    .with_gateway_grpc_port(options.gateway_grpc_port);
+    if let Some(aws) = aws {
+        reconciler = reconciler.with_aws(aws);
+    }
+    tokio::pin!(shutdown);
+    if caches
+        .wait_until_synced(&health, options.lease.renew_interval, &mut shutdown)
+        .await
+    {
+        tracing::info!("caches synced");
+        let leader = Leader {
+            elector,
+            reconciler,
+            leading: false,
+        };
+        leader
+            .run(&caches, &options, &metrics, &health, &wake, &mut shutdown)
+            .await;
+    }
+    let _ = http_stop.send(());
+    drop(watchers);
+    Ok(())
+}
+
+/// Serves `/metrics` and `/healthz` on `address` (if any) until the returned sender is used
+/// or dropped.
+async fn serve_http(
+    address: Option<SocketAddr>,
+    metrics: &Metrics,
+    health: &http::Health,
+) -> Result<tokio::sync::oneshot::Sender<()>, ClusterError> {
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(address) = address {
         let listener_metrics = metrics.clone();
         let listener_health = health.clone();
         let listener = tokio::net::TcpListener::bind(address)
@@ -1122,127 +1169,164 @@ pub async fn run_with_aws(
             }
         });
     }
+    Ok(http_stop)
+}
 
-    let wake = Arc::new(Notify::new());
-    let mut watchers = Watchers(Vec::new());
-    let pods = follow(
-        Api::<Pod>::all(client.clone()),
-        metrics.clone(),
-        Arc::clone(&wake),
-        &mut watchers,
-    );
-    let namespaces = follow(
-        Api::<Namespace>::all(client.clone()),
-        metrics.clone(),
-        Arc::clone(&wake),
-        &mut watchers,
-    );
-    let gateways = follow(
-        Api::<EgressGateway>::all(client.clone()),
-        metrics.clone(),
-        Arc::clone(&wake),
-        &mut watchers,
-    );
-    let policies = follow(
-        Api::<EgressGatewayPolicy>::all(client.clone()),
-        metrics.clone(),
-        Arc::clone(&wake),
-        &mut watchers,
-    );
+/// The local stores of the four kinds cluster mode follows.
+struct Caches {
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+    gateways: Store<EgressGateway>,
+    policies: Store<EgressGatewayPolicy>,
+}
 
-    let mut elector = LeaderElector::new(client.clone(), options.lease.clone());
-    let mut reconciler = Reconciler::new(
-        client,
-        options.lease.identity.clone(),
-        options.push.clone(),
-        metrics.clone(),
-    )
-    .with_gateway_grpc_port(options.gateway_grpc_port);
-    if let Some(aws) = aws {
-        reconciler = reconciler.with_aws(aws);
-    }
-    tokio::pin!(shutdown);
-    let synced = async {
-        let _ = pods.wait_until_ready().await;
-        let _ = namespaces.wait_until_ready().await;
-        let _ = gateways.wait_until_ready().await;
-        let _ = policies.wait_until_ready().await;
-    };
-    tokio::pin!(synced);
-    let mut waiting = tokio::time::interval(options.lease.renew_interval);
-    loop {
-        // Waiting for the caches (e.g. CRDs not installed yet) is not a stalled loop.
-        health.beat();
-        tokio::select! {
-            () = &mut shutdown => {
-                let _ = http_stop.send(());
-                return Ok(());
-            }
-            () = &mut synced => break,
-            _ = waiting.tick() => {}
+impl Caches {
+    /// Follows every kind; every change notifies `wake`.
+    fn follow(
+        client: &Client,
+        metrics: &Metrics,
+        wake: &Arc<Notify>,
+        watchers: &mut Watchers,
+    ) -> Caches {
+        Caches {
+            pods: follow(
+                Api::<Pod>::all(client.clone()),
+                metrics.clone(),
+                Arc::clone(wake),
+                watchers,
+            ),
+            namespaces: follow(
+                Api::<Namespace>::all(client.clone()),
+                metrics.clone(),
+                Arc::clone(wake),
+                watchers,
+            ),
+            gateways: follow(
+                Api::<EgressGateway>::all(client.clone()),
+                metrics.clone(),
+                Arc::clone(wake),
+                watchers,
+            ),
+            policies: follow(
+                Api::<EgressGatewayPolicy>::all(client.clone()),
+                metrics.clone(),
+                Arc::clone(wake),
+                watchers,
+            ),
         }
     }
-    tracing::info!("caches synced");
 
-    let mut election = tokio::time::interval(options.lease.renew_interval);
-    election.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut resync = tokio::time::interval(options.resync_interval);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut leading = false;
-    let mut last_reconcile = tokio::time::Instant::now();
-    loop {
-        health.beat();
-        let mut due = false;
-        tokio::select! {
-            () = &mut shutdown => break,
-            _ = election.tick() => {
-                match elector.try_acquire_or_renew(Timestamp::now()).await {
-                    Ok(_) => {}
-                    Err(error) => {
-                        metrics.error(ErrorReason::KubeApi);
-                        tracing::warn!(error = %crate::error_chain(&error), "leader election");
-                    }
-                }
-                let now_leading = elector.is_leader();
-                if now_leading != leading {
-                    tracing::info!(leading = now_leading, "leadership changed");
-                    metrics.set_leader(now_leading);
-                    if !now_leading {
-                        reconciler.step_down();
-                    }
-                    leading = now_leading;
-                    due = leading;
-                }
+    /// Waits until every store has listed once (an empty store must not wipe tables), beating
+    /// `health` meanwhile; `false` when `shutdown` came first.
+    async fn wait_until_synced(
+        &self,
+        health: &http::Health,
+        beat_interval: Duration,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> bool {
+        let synced = async {
+            let _ = self.pods.wait_until_ready().await;
+            let _ = self.namespaces.wait_until_ready().await;
+            let _ = self.gateways.wait_until_ready().await;
+            let _ = self.policies.wait_until_ready().await;
+        };
+        tokio::pin!(synced);
+        let mut waiting = tokio::time::interval(beat_interval);
+        loop {
+            // Waiting for the caches (e.g. CRDs not installed yet) is not a stalled loop.
+            health.beat();
+            tokio::select! {
+                () = &mut *shutdown => return false,
+                () = &mut synced => return true,
+                _ = waiting.tick() => {}
             }
-            () = wake.notified() => {
-                tokio::time::sleep(options.debounce).await;
-                due = true;
-            }
-            _ = resync.tick() => due = true,
-            // An AWS gateway's retry (after a failed pass) or resync.
-            () = sleep_until(
-                reconciler.aws_due().filter(|_| leading && elector.is_leader()),
-                last_reconcile,
-            ) => due = true,
         }
-        if due && leading && elector.is_leader() {
-            let state = ClusterState {
-                pods: pods.state(),
-                namespaces: namespaces.state(),
-                gateways: gateways.state(),
-                policies: policies.state(),
+    }
+
+    /// What the stores hold now, for one reconcile.
+    fn state(&self) -> ClusterState {
+        ClusterState {
+            pods: self.pods.state(),
+            namespaces: self.namespaces.state(),
+            gateways: self.gateways.state(),
+            policies: self.policies.state(),
+        }
+    }
+}
+
+/// Leader election and the reconciles of the leader.
+struct Leader {
+    elector: LeaderElector,
+    reconciler: Reconciler,
+    /// This replica leads (as of the last election tick).
+    leading: bool,
+}
+
+impl Leader {
+    /// Elects and reconciles (on changes, resyncs and AWS retries) until `shutdown`; then
+    /// steps down and releases the Lease.
+    async fn run(
+        mut self,
+        caches: &Caches,
+        options: &ClusterOptions,
+        metrics: &Metrics,
+        health: &http::Health,
+        wake: &Notify,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) {
+        let mut election = tokio::time::interval(options.lease.renew_interval);
+        election.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resync = tokio::time::interval(options.resync_interval);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_reconcile = tokio::time::Instant::now();
+        loop {
+            health.beat();
+            let due = tokio::select! {
+                () = &mut *shutdown => break,
+                _ = election.tick() => self.elect(metrics).await,
+                () = wake.notified() => {
+                    tokio::time::sleep(options.debounce).await;
+                    true
+                }
+                _ = resync.tick() => true,
+                // An AWS gateway's retry (after a failed pass) or resync.
+                () = sleep_until(
+                    self.reconciler.aws_due().filter(|_| self.leading && self.elector.is_leader()),
+                    last_reconcile,
+                ) => true,
             };
-            reconciler.reconcile(&state, Timestamp::now()).await;
-            last_reconcile = tokio::time::Instant::now();
+            if due && self.leading && self.elector.is_leader() {
+                self.reconciler
+                    .reconcile(&caches.state(), Timestamp::now())
+                    .await;
+                last_reconcile = tokio::time::Instant::now();
+            }
+        }
+        self.reconciler.step_down();
+        if self.leading {
+            if let Err(error) = self.elector.release(Timestamp::now()).await {
+                tracing::warn!(error = %crate::error_chain(&error), "could not release the Lease");
+            }
         }
     }
-    reconciler.step_down();
-    if leading {
-        if let Err(error) = elector.release(Timestamp::now()).await {
-            tracing::warn!(error = %crate::error_chain(&error), "could not release the Lease");
+
+    /// Acquires or renews the Lease; `true` when this replica just became the leader (a
+    /// reconcile is due). Losing the lead stops the pushers.
+    async fn elect(&mut self, metrics: &Metrics) -> bool {
+        if let Err(error) = self.elector.try_acquire_or_renew(Timestamp::now()).await {
+            metrics.error(ErrorReason::KubeApi);
+            tracing::warn!(error = %crate::error_chain(&error), "leader election");
         }
+        let now_leading = self.elector.is_leader();
+        if now_leading == self.leading {
+            return false;
+        }
+        tracing::info!(leading = now_leading, "leadership changed");
+        metrics.set_leader(now_leading);
+        if !now_leading {
+            self.reconciler.step_down();
+        }
+        self.leading = now_leading;
+        self.leading
     }
-    let _ = http_stop.send(());
-    drop(watchers);
-    Ok(())
 }

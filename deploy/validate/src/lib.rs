@@ -1,7 +1,7 @@
 //! Offline validation of egw's deployment files (no cluster, no kustomize binary).
 //!
 //! - Every YAML document is parsed into its typed API object (`k8s_openapi` for core
-//!   kinds, the `apiextensions` type for CRDs, egw-controller's types for egw
+//!   kinds, the `apiextensions` type for CRDs, `egw-crd`'s types for egw
 //!   resources, a strict local type for the Prometheus Operator ServiceMonitor).
 //!   `k8s_openapi` ignores unknown fields, so each object is serialised again and
 //!   every field of the file that did not survive the round trip is reported: a typo
@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use egw_controller::crd::{EgressGateway, EgressGatewayPolicy};
+use egw_crd::{EgressGateway, EgressGatewayPolicy};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodTemplateSpec, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -404,40 +404,85 @@ fn normalise(path: &Path) -> PathBuf {
     path.canonicalize().unwrap_or_else(|_| path.to_owned())
 }
 
-/// Cross-reference problems in a rendered set.
+/// Cross-reference problems in a rendered set: RBAC references and workload selectors, each
+/// workload's pod (service account, volumes, images), the selectors and ports of Services,
+/// PodDisruptionBudgets and ServiceMonitors, and patch targets.
 pub fn cross_check(rendered: &Rendered) -> Vec<String> {
     let mut problems = Vec::new();
-    let documents = &rendered.documents;
-    let names = |kind: &str| -> BTreeSet<(Option<String>, String)> {
-        documents
-            .iter()
-            .filter(|document| document.kind == kind)
-            .map(|document| (namespace_of(document, rendered), document.name.clone()))
-            .collect()
-    };
-    let service_accounts = names("ServiceAccount");
-    let config_maps = names("ConfigMap");
-    let roles = names("Role");
-    let cluster_roles = names("ClusterRole");
-    let mut workloads: Vec<(String, Option<String>, &PodTemplateSpec)> = Vec::new();
-    for document in documents {
-        let here = format!(
-            "{} {}/{}",
-            document.file.display(),
-            document.kind,
-            document.name
-        );
+    let names = Names::of(rendered);
+    let workloads = check_references(rendered, &names, &mut problems);
+    check_pods(rendered, &names, &workloads, &mut problems);
+    check_selectors(rendered, &workloads, &mut problems);
+    check_patch_targets(rendered, &mut problems);
+    problems
+}
+
+/// A workload: where it is (for messages), its namespace and its pod template.
+type Workload<'a> = (String, Option<String>, &'a PodTemplateSpec);
+
+/// `(namespace, name)` of the objects others refer to, by kind.
+struct Names {
+    service_accounts: BTreeSet<(Option<String>, String)>,
+    config_maps: BTreeSet<(Option<String>, String)>,
+    roles: BTreeSet<(Option<String>, String)>,
+    cluster_roles: BTreeSet<(Option<String>, String)>,
+}
+
+impl Names {
+    fn of(rendered: &Rendered) -> Names {
+        let names = |kind: &str| -> BTreeSet<(Option<String>, String)> {
+            rendered
+                .documents
+                .iter()
+                .filter(|document| document.kind == kind)
+                .map(|document| (namespace_of(document, rendered), document.name.clone()))
+                .collect()
+        };
+        Names {
+            service_accounts: names("ServiceAccount"),
+            config_maps: names("ConfigMap"),
+            roles: names("Role"),
+            cluster_roles: names("ClusterRole"),
+        }
+    }
+}
+
+/// Where a document is, for messages.
+fn location(document: &Document) -> String {
+    format!(
+        "{} {}/{}",
+        document.file.display(),
+        document.kind,
+        document.name
+    )
+}
+
+/// Workload selectors and role bindings (role references, subjects); returns the workloads.
+fn check_references<'a>(
+    rendered: &'a Rendered,
+    names: &Names,
+    problems: &mut Vec<String>,
+) -> Vec<Workload<'a>> {
+    let Names {
+        service_accounts,
+        roles,
+        cluster_roles,
+        ..
+    } = names;
+    let mut workloads: Vec<Workload<'a>> = Vec::new();
+    for document in &rendered.documents {
+        let here = location(document);
         let namespace = namespace_of(document, rendered);
         match &document.object {
             Object::Deployment(deployment) => {
                 if let Some(spec) = &deployment.spec {
-                    check_selector(&spec.selector, &spec.template, &here, &mut problems);
+                    check_selector(&spec.selector, &spec.template, &here, problems);
                     workloads.push((here.clone(), namespace.clone(), &spec.template));
                 }
             }
             Object::DaemonSet(daemon_set) => {
                 if let Some(spec) = &daemon_set.spec {
-                    check_selector(&spec.selector, &spec.template, &here, &mut problems);
+                    check_selector(&spec.selector, &spec.template, &here, problems);
                     workloads.push((here.clone(), namespace.clone(), &spec.template));
                 }
             }
@@ -456,9 +501,9 @@ pub fn cross_check(rendered: &Rendered) -> Vec<String> {
                 }
                 check_subjects(
                     binding.subjects.as_deref(),
-                    &service_accounts,
+                    service_accounts,
                     &here,
-                    &mut problems,
+                    problems,
                 );
             }
             Object::ClusterRoleBinding(binding) => {
@@ -472,15 +517,31 @@ pub fn cross_check(rendered: &Rendered) -> Vec<String> {
                 }
                 check_subjects(
                     binding.subjects.as_deref(),
-                    &service_accounts,
+                    service_accounts,
                     &here,
-                    &mut problems,
+                    problems,
                 );
             }
             _ => {}
         }
     }
-    for (here, namespace, template) in &workloads {
+    workloads
+}
+
+/// Each workload's pod: its service account and config maps exist, its volumes are mounted
+/// and its mounts name volumes, its images are set by the kustomization.
+fn check_pods(
+    rendered: &Rendered,
+    names: &Names,
+    workloads: &[Workload<'_>],
+    problems: &mut Vec<String>,
+) {
+    let Names {
+        service_accounts,
+        config_maps,
+        ..
+    } = names;
+    for (here, namespace, template) in workloads {
         let Some(pod) = &template.spec else {
             problems.push(format!("{here}: no pod spec"));
             continue;
@@ -528,6 +589,11 @@ pub fn cross_check(rendered: &Rendered) -> Vec<String> {
             }
         }
     }
+}
+
+/// Services, PodDisruptionBudgets and ServiceMonitors select something, on ports it has.
+fn check_selectors(rendered: &Rendered, workloads: &[Workload<'_>], problems: &mut Vec<String>) {
+    let documents = &rendered.documents;
     let matching = |namespace: &Option<String>, selector: &BTreeMap<String, String>| {
         workloads
             .iter()
@@ -537,12 +603,7 @@ pub fn cross_check(rendered: &Rendered) -> Vec<String> {
             .collect::<Vec<_>>()
     };
     for document in documents {
-        let here = format!(
-            "{} {}/{}",
-            document.file.display(),
-            document.kind,
-            document.name
-        );
+        let here = location(document);
         let namespace = namespace_of(document, rendered);
         match &document.object {
             Object::Service(service) => {
@@ -622,6 +683,11 @@ pub fn cross_check(rendered: &Rendered) -> Vec<String> {
             _ => {}
         }
     }
+}
+
+/// Every patch's target exists.
+fn check_patch_targets(rendered: &Rendered, problems: &mut Vec<String>) {
+    let documents = &rendered.documents;
     for (patch, target) in &rendered.patches {
         let (kind, name) = match target {
             Some(target) => (target.kind.clone(), target.name.clone()),
@@ -637,7 +703,6 @@ pub fn cross_check(rendered: &Rendered) -> Vec<String> {
             ));
         }
     }
-    problems
 }
 
 /// The namespace an object ends up in: the kustomization's for namespaced kinds.

@@ -3,6 +3,12 @@
 //! Doc comments on fields become schema descriptions, so they are written for `kubectl explain`.
 //! Both kinds are cluster-scoped: a gateway serves every namespace that asks for it, and a policy
 //! is referenced by name from namespace or pod annotations.
+//!
+//! This crate holds the types alone (serde, JSON schema, `CustomResourceExt::crd`), so that
+//! offline tools such as `deploy/validate` use them without the controller's Kubernetes client,
+//! runtime or AWS SDK. The controller re-exports it as `egw_controller::crd`. The derives are
+//! pointed at `kube_core` (`crates(kube_core = ::kube_core)`) because this crate does not depend
+//! on the `kube` facade.
 
 // Several `printcolumn(...)` entries legitimately repeat `type_ = ...`; clippy mistakes them for
 // duplicated attributes.
@@ -12,7 +18,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::{CustomResource, KubeSchema};
+use kube_derive::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +46,9 @@ fn default_true() -> bool {
 /// Pods and namespaces select a gateway with the `egw.dev/gateway` annotation, or through an
 /// EgressGatewayPolicy. Exactly one of `static` and `aws` describes where the addresses come from.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[kube(
+    crates(kube_core = ::kube_core),
     group = "egw.dev",
     version = "v1alpha1",
     kind = "EgressGateway",
@@ -91,7 +99,7 @@ fn default_true() -> bool {
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = kube::core::Rule::new("has(self.static) != has(self.aws)").message("set exactly one of `static` and `aws`"))]
+#[x_kube(validation = kube_core::Rule::new("has(self.static) != has(self.aws)").message("set exactly one of `static` and `aws`"))]
 #[serde(rename_all = "camelCase")]
 pub struct EgressGatewaySpec {
     /// Selects the egw gateway pods (in `namespace`) that are instances of this gateway.
@@ -122,6 +130,7 @@ pub struct EgressGatewaySpec {
 
 /// External addresses fixed per instance.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[serde(rename_all = "camelCase")]
 pub struct StaticPool {
     /// The gateway instances and the external addresses each one owns.
@@ -130,10 +139,11 @@ pub struct StaticPool {
 
 /// One gateway instance with fixed external addresses.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[serde(rename_all = "camelCase")]
 pub struct StaticInstance {
     /// Instance name: the gateway pod's name, or any stable name outside Kubernetes.
-    #[x_kube(validation = kube::core::Rule::new("self != ''").message("instance name must not be empty"))]
+    #[x_kube(validation = kube_core::Rule::new("self != ''").message("instance name must not be empty"))]
     pub name: String,
     /// gRPC control endpoint of the instance (`host:port`) the controller pushes route tables to.
     pub endpoint: String,
@@ -143,7 +153,8 @@ pub struct StaticInstance {
 
 /// External addresses from AWS Elastic IPs.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[x_kube(validation = kube::core::Rule::new("(!has(self.subnetId) && !has(self.securityGroupIds)) || (has(self.eniMode) && self.eniMode == 'EniPerGateway')").message("`subnetId` and `securityGroupIds` apply to eniMode EniPerGateway only"))]
+#[x_kube(crates(kube_core = ::kube_core))]
+#[x_kube(validation = kube_core::Rule::new("(!has(self.subnetId) && !has(self.securityGroupIds)) || (has(self.eniMode) && self.eniMode == 'EniPerGateway')").message("`subnetId` and `securityGroupIds` apply to eniMode EniPerGateway only"))]
 #[serde(rename_all = "camelCase")]
 pub struct AwsPool {
     /// Which Elastic IPs the gateway uses.
@@ -154,12 +165,12 @@ pub struct AwsPool {
     /// `EniPerGateway` only: subnet (`subnet-...`) of the ENI egw creates on each gateway node.
     /// Default: the subnet of the node's primary ENI. It must be in the node's availability zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new("self.startsWith('subnet-')").message("a subnet ID starts with `subnet-`"))]
+    #[x_kube(validation = kube_core::Rule::new("self.startsWith('subnet-')").message("a subnet ID starts with `subnet-`"))]
     pub subnet_id: Option<String>,
     /// `EniPerGateway` only: security groups (`sg-...`) of the ENI egw creates on each gateway
     /// node. Default: the groups of the node's primary ENI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = kube::core::Rule::new("self.all(id, id.startsWith('sg-'))").message("security group IDs start with `sg-`"))]
+    #[x_kube(validation = kube_core::Rule::new("self.all(id, id.startsWith('sg-'))").message("security group IDs start with `sg-`"))]
     pub security_group_ids: Vec<String>,
     /// NAT-instance pattern: point these VPC route table destinations at the ENI of one healthy
     /// gateway instance (the active one), moving them when it fails. Removing the field gives
@@ -170,15 +181,16 @@ pub struct AwsPool {
 
 /// VPC routes egw keeps pointed at the active gateway instance.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[serde(rename_all = "camelCase")]
 pub struct AwsRoutes {
     /// Route tables (`rtb-...`) whose routes egw manages; typically those of the private
     /// subnets whose traffic should leave through the gateway.
-    #[x_kube(validation = kube::core::Rule::new("size(self) > 0 && self.all(id, id.startsWith('rtb-'))").message("list at least one route table ID (`rtb-...`)"))]
+    #[x_kube(validation = kube_core::Rule::new("size(self) > 0 && self.all(id, id.startsWith('rtb-'))").message("list at least one route table ID (`rtb-...`)"))]
     pub route_table_ids: Vec<String>,
     /// IPv4 destinations routed to the gateway in every listed table. Default: `0.0.0.0/0`.
     #[serde(default = "AwsRoutes::default_destination_cidrs")]
-    #[x_kube(validation = kube::core::Rule::new("size(self) > 0").message("list at least one destination CIDR"))]
+    #[x_kube(validation = kube_core::Rule::new("size(self) > 0").message("list at least one destination CIDR"))]
     pub destination_cidrs: Vec<String>,
 }
 
@@ -190,7 +202,8 @@ impl AwsRoutes {
 
 /// Where Elastic IPs come from; set exactly one field.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[x_kube(validation = kube::core::Rule::new("[has(self.allocationIds), has(self.tags), has(self.allocate)].filter(x, x).size() == 1").message("set exactly one of `allocationIds`, `tags` and `allocate`"))]
+#[x_kube(crates(kube_core = ::kube_core))]
+#[x_kube(validation = kube_core::Rule::new("[has(self.allocationIds), has(self.tags), has(self.allocate)].filter(x, x).size() == 1").message("set exactly one of `allocationIds`, `tags` and `allocate`"))]
 #[serde(rename_all = "camelCase")]
 pub struct ElasticIpSource {
     /// Adopt these existing Elastic IPs (`eipalloc-...`).
@@ -216,6 +229,7 @@ pub enum EniMode {
 
 /// Health checking of gateway instances.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[serde(rename_all = "camelCase")]
 pub struct HealthSpec {
     /// Seconds between health probes of each instance.
@@ -254,6 +268,7 @@ impl Default for HealthSpec {
 
 /// Observed state of an EgressGateway, written by the controller.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[serde(rename_all = "camelCase")]
 pub struct EgressGatewayStatus {
     /// The `metadata.generation` this status describes.
@@ -285,6 +300,7 @@ pub struct EgressGatewayStatus {
 
 /// One gateway instance as observed.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
     /// Instance name (the gateway pod's name).
@@ -311,6 +327,7 @@ pub struct InstanceStatus {
 
 /// One VPC route pointed at a gateway instance.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[serde(rename_all = "camelCase")]
 pub struct RouteStatus {
     /// Route table (`rtb-...`).
@@ -325,6 +342,7 @@ pub struct RouteStatus {
 
 /// One Elastic IP moved off an instance that stopped being healthy.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[serde(rename_all = "camelCase")]
 pub struct FailoverStatus {
     /// When the controller moved it.
@@ -343,6 +361,7 @@ pub struct FailoverStatus {
 
 /// One external address of an instance.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[serde(rename_all = "camelCase")]
 pub struct AddressStatus {
     /// Address the gateway writes into translated packets (on AWS: the private IP that carries
@@ -369,7 +388,9 @@ pub struct AddressStatus {
 /// Rules are matched by longest destination prefix, like a routing table; the rule without a
 /// `destination` is the default. A destination no rule matches is denied.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[kube(
+    crates(kube_core = ::kube_core),
     group = "egw.dev",
     version = "v1alpha1",
     kind = "EgressGatewayPolicy",
@@ -416,7 +437,8 @@ pub struct EgressGatewayPolicySpec {
 
 /// One destination rule: route through a gateway, bypass gateways, or deny.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[x_kube(validation = kube::core::Rule::new("has(self.gateway) ? (!has(self.action) || self.action == 'Gateway') : (has(self.action) && self.action != 'Gateway')").message("a rule sets `gateway` (with action Gateway or no action), or action Bypass or Deny"))]
+#[x_kube(crates(kube_core = ::kube_core))]
+#[x_kube(validation = kube_core::Rule::new("has(self.gateway) ? (!has(self.action) || self.action == 'Gateway') : (has(self.action) && self.action != 'Gateway')").message("a rule sets `gateway` (with action Gateway or no action), or action Bypass or Deny"))]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyRule {
     /// Destinations this rule applies to. Omit it for the default rule (at most one per policy).
@@ -435,6 +457,7 @@ pub struct PolicyRule {
 
 /// Destination match of a rule.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[serde(rename_all = "camelCase")]
 pub struct Destination {
     /// IPv4 network in CIDR notation without host bits, e.g. `203.0.113.0/24`.
@@ -443,7 +466,8 @@ pub struct Destination {
 
 /// Names one EgressGateway, or selects EgressGateways by their labels.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[x_kube(validation = kube::core::Rule::new("has(self.name) != has(self.selector)").message("set exactly one of `name` and `selector`"))]
+#[x_kube(crates(kube_core = ::kube_core))]
+#[x_kube(validation = kube_core::Rule::new("has(self.name) != has(self.selector)").message("set exactly one of `name` and `selector`"))]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayReference {
     /// Name of an EgressGateway.
@@ -471,6 +495,7 @@ pub enum RuleAction {
 
 /// Observed use of an EgressGatewayPolicy, written by the controller.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[x_kube(crates(kube_core = ::kube_core))]
 #[serde(rename_all = "camelCase")]
 pub struct EgressGatewayPolicyStatus {
     /// The `metadata.generation` this status describes.
