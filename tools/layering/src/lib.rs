@@ -4,7 +4,10 @@
 //! back (the API crate linking the NAT engine, `egwctl` linking io_uring, and so on). The rules
 //! live here as data, `tests/crate_graph.rs` asks `cargo tree` for each crate's normal
 //! (non-dev, non-build) dependencies, resolved with that crate's own features, and fails on any
-//! forbidden one, naming the path that brought it in.
+//! forbidden one, naming the path that brought it in. [`modules`] finds module cycles inside each
+//! crate (`tests/module_cycles.rs`).
+
+pub mod modules;
 
 /// A crate and the crates it must not depend on, directly or transitively, as a normal
 /// dependency (dev-dependencies are free: tests may link anything).
@@ -105,6 +108,10 @@ mod tests {
         packages.sort_unstable();
         let before = packages.len();
         packages.dedup();
-        assert_eq!(before, packages.len(), "a package has two rules: merge them");
+        assert_eq!(
+            before,
+            packages.len(),
+            "a package has two rules: merge them"
+        );
     }
 }

@@ -26,7 +26,9 @@ fn tree(package: &str) -> Vec<(usize, String)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["tree", "--locked", "-e", "normal", "--prefix", "depth", "-p", package])
+        .args([
+            "tree", "--locked", "-e", "normal", "--prefix", "depth", "-p", package,
+        ])
         .output()
         .expect("cargo tree runs");
     assert!(
@@ -34,7 +36,10 @@ fn tree(package: &str) -> Vec<(usize, String)> {
         "cargo tree -p {package} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8_lossy(&output.stdout).lines().filter_map(parse_line).collect()
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(parse_line)
+        .collect()
 }
 
 /// Every forbidden crate reached from the rule's package, with the path that reaches it.
@@ -66,25 +71,41 @@ fn no_forbidden_dependency_edges() {
             failures.push(format!("{path}\n    ({}: {})", rule.package, rule.why));
         }
     }
-    assert!(failures.is_empty(), "forbidden dependency edges:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "forbidden dependency edges:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn a_forbidden_edge_is_reported_with_its_path() {
     // The checker itself must be able to fail: a synthetic tree with egw-proto → egw-engine.
-    let rule = RULES.iter().find(|r| r.package == "egw-proto").expect("rule for egw-proto");
+    let rule = RULES
+        .iter()
+        .find(|r| r.package == "egw-proto")
+        .expect("rule for egw-proto");
     let tree = vec![
         (0, "egw-proto".to_string()),
         (1, "ipnet".to_string()),
         (1, "egw-engine".to_string()),
         (2, "egw-policy".to_string()),
     ];
-    assert_eq!(violations(rule, &tree), vec!["egw-proto → egw-engine".to_string()]);
+    assert_eq!(
+        violations(rule, &tree),
+        vec!["egw-proto → egw-engine".to_string()]
+    );
 }
 
 #[test]
 fn depth_prefixed_lines_parse() {
-    assert_eq!(parse_line("0egw-proto v0.1.0 (/x/proto)"), Some((0, "egw-proto".into())));
-    assert_eq!(parse_line("12io-uring v0.7.11"), Some((12, "io-uring".into())));
+    assert_eq!(
+        parse_line("0egw-proto v0.1.0 (/x/proto)"),
+        Some((0, "egw-proto".into()))
+    );
+    assert_eq!(
+        parse_line("12io-uring v0.7.11"),
+        Some((12, "io-uring".into()))
+    );
     assert_eq!(parse_line(""), None);
 }
