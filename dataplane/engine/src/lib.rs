@@ -8,16 +8,16 @@
 pub mod checksum;
 pub mod conntrack;
 pub mod counters;
-pub mod engine;
 pub mod frag;
 pub mod packet;
+pub mod pipeline;
 pub mod ports;
 
 pub use conntrack::{FlowState, Timeouts};
 pub use counters::{Counters, DropReason};
 pub use egw_policy::{RouteTable, RouteTableSpec};
-pub use engine::{
+pub use packet::Protocol;
+pub use pipeline::{
     ConfigError, Engine, EngineConfig, ExternalUsage, Filtering, FlowEvent, FlowFilter, FlowInfo,
     Ingress, Side, Verdict,
 };
-pub use packet::Protocol;
