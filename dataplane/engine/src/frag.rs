@@ -188,6 +188,7 @@ impl Fragments {
     }
 
     /// Whether any stashed fragment is ready to be released.
+    #[cfg(test)]
     pub fn has_ready(&self) -> bool {
         self.ready > 0
     }
@@ -223,10 +224,12 @@ impl Fragments {
         expired
     }
 
+    #[cfg(test)]
     pub fn stashed(&self) -> usize {
         self.stash.iter().filter(|s| s.in_use).count()
     }
 
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.entries.len()
     }
