@@ -3,6 +3,10 @@
 //!
 //! All sums are kept as one's-complement sums in a `u32` accumulator and folded to 16 bits at the
 //! end. Checksum fields are read and written as big-endian `u16`, the order they have on the wire.
+#![expect(
+    clippy::indexing_slicing,
+    reason = "fixed-size chunks and arrays (`chunks_exact`, `&[u8; 20]`), and `read_u16`/`write_u16` at header offsets the parser checked"
+)]
 
 use std::net::Ipv4Addr;
 

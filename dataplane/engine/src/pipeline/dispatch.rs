@@ -20,6 +20,10 @@ impl Engine {
     /// batch's frames (read-only) right before calling [`process`](Self::process) on each; it
     /// changes no state. At millions of flows this turns ~2 serial DRAM misses per packet into
     /// overlapped ones; frames it cannot classify cheaply are simply skipped.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "`n` is at most `frames.len()` and `PREFETCH_BATCH`, the length of `homes`"
+    )]
     pub fn prefetch(&self, frames: &[&[u8]], ingress: Ingress) {
         let n = frames.len().min(PREFETCH_BATCH);
         // Every lookup's starting point first, touching no table memory; then the loads, each
@@ -99,6 +103,10 @@ impl Engine {
 
     /// Processes one frame in place. `frame` is the whole buffer (so an ICMP error can be built in
     /// it), `len` the bytes received, `now` a monotonic clock reading.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "`len` is clamped to `frame.len()` first"
+    )]
     pub fn process(
         &mut self,
         frame: &mut [u8],
@@ -121,6 +129,10 @@ impl Engine {
         self.classify(frame, len, ingress, now)
     }
 
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "callers pass `len <= frame.len()`: `process` clamps it, the stash records it"
+    )]
     pub(super) fn classify(
         &mut self,
         frame: &mut [u8],
@@ -146,6 +158,10 @@ impl Engine {
 
     /// Emits stashed fragments whose first fragment has now been seen. Call after a batch; `emit`
     /// receives the frame bytes and the verdict for each (copy them into a TX frame).
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "the stash hands back `len <= bytes.len()`, and a verdict's `len` never exceeds the frame"
+    )]
     pub fn release_fragments(&mut self, now: Duration, mut emit: impl FnMut(&[u8], Verdict)) {
         while let Some((index, mut bytes, len)) = self.fragments.take_ready() {
             let ingress = match packet::parse(&bytes[..len]) {

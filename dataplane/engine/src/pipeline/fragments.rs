@@ -21,6 +21,10 @@ impl Engine {
 
     /// A fragment without transport header: apply its datagram's recorded translation, or stash it
     /// until the first fragment arrives (RFC 4787 REQ-14).
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "`parse` checked that the frame holds `frame_len()` bytes"
+    )]
     pub(super) fn later_fragment(
         &mut self,
         frame: &mut [u8],

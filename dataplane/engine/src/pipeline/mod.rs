@@ -180,7 +180,7 @@ impl Engine {
         self.externals
             .binary_search_by_key(&address, |e| e.address())
             .ok()
-            .map(|i| &self.externals[i])
+            .and_then(|i| self.externals.get(i))
     }
 
     /// The core that owns a pod endpoint (every flow of one pod endpoint lives on one core, which
