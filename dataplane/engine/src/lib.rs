@@ -16,9 +16,9 @@ mod frag;
 mod pipeline;
 mod ports;
 
-/// The frame parser and the in-place rewrites the pipeline uses. Public because a translation is
-/// checked by undoing it with these same rewrites (`tests/properties.rs`), which only the parser's
-/// own view of a frame can do; it holds no state, so exposing it exposes no engine internals.
+// The frame parser and the in-place rewrites the pipeline uses stay public: a translation is
+// checked by undoing it with these same rewrites (`tests/properties.rs`), which only the parser's
+// own view of a frame can do; the module holds no state, so it exposes no engine internals.
 pub mod packet;
 
 pub use checksum::ChecksumDelta;

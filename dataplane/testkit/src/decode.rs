@@ -6,6 +6,9 @@ use std::net::Ipv4Addr;
 use crate::checksum::{checksum, finish, pseudo_header_sum, sum_bytes};
 use crate::wire::*;
 
+#[cfg(doc)]
+use crate::reassemble;
+
 /// Why a frame could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
