@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use egw_engine::checksum::ChecksumDelta;
+use egw_engine::ChecksumDelta;
 use egw_engine::{Engine, EngineConfig, Ingress, RouteTable, Verdict};
 use egw_policy::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
 use egw_testkit::{MacAddr, PacketBuilder};

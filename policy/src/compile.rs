@@ -90,7 +90,12 @@ fn compile_pools(
                     why,
                 });
             }
-            if spec.addresses[..position].contains(&address) {
+            if spec
+                .addresses
+                .iter()
+                .take(position)
+                .any(|&seen| seen == address)
+            {
                 return Err(RouteTableError::DuplicatePoolAddress {
                     pool: spec.name.clone(),
                     address,

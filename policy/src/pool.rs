@@ -86,6 +86,7 @@ impl Pool {
 }
 
 /// The splitmix64 output function: a bijective, well-mixing 64-bit integer hash.
+#[inline]
 pub(crate) fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -38,9 +38,10 @@ impl PrefixLevel {
     fn get(&self, network: u32) -> Option<u32> {
         let index_mask = self.slots.len() - 1;
         let mut index = self.home_slot(network);
-        // Terminates: at least half the slots are empty.
+        // Terminates: at least half the slots are empty. `index` is masked to the slot count (a
+        // power of two), so `get` never misses; it costs the same bounds check indexing would.
         loop {
-            let slot = self.slots[index];
+            let slot = *self.slots.get(index)?;
             if slot == EMPTY_SLOT {
                 return None;
             }
@@ -56,10 +57,10 @@ impl PrefixLevel {
         debug_assert!(value != u32::MAX, "u32::MAX values would alias EMPTY_SLOT");
         let index_mask = self.slots.len() - 1;
         let mut index = self.home_slot(network);
-        loop {
-            let slot = self.slots[index];
-            if slot == EMPTY_SLOT || slot as u32 == network {
-                self.slots[index] = u64::from(value) << 32 | u64::from(network);
+        // `index` is masked to the slot count (a power of two): the loop only ends by returning.
+        while let Some(slot) = self.slots.get_mut(index) {
+            if *slot == EMPTY_SLOT || *slot as u32 == network {
+                *slot = u64::from(value) << 32 | u64::from(network);
                 return;
             }
             index = (index + 1) & index_mask;
@@ -73,7 +74,10 @@ impl PrefixMap {
     pub(crate) fn build(entries: &[(Ipv4Net, u32)]) -> PrefixMap {
         let mut by_length: Vec<Vec<(u32, u32)>> = vec![Vec::new(); 33];
         for &(prefix, value) in entries {
-            by_length[usize::from(prefix.prefix_len())].push((u32::from(prefix.network()), value));
+            // A prefix length is at most 32: every one has its level.
+            if let Some(level) = by_length.get_mut(usize::from(prefix.prefix_len())) {
+                level.push((u32::from(prefix.network()), value));
+            }
         }
         let levels = by_length
             .iter()

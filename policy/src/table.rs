@@ -82,8 +82,11 @@ impl RouteTable {
         let Some(policy_index) = self.sources.longest_match(u32::from(src)) else {
             return self.default_decision;
         };
-        // Source values are indices of `policies`, checked by `compile_sources`.
-        let policy = &self.policies[policy_index as usize];
+        // Source values are indices of `policies`, checked by `compile_sources`: the `else` cannot
+        // happen, and `get` costs the same bounds check indexing would.
+        let Some(policy) = self.policies.get(policy_index as usize) else {
+            return self.default_decision;
+        };
         match policy.rules.longest_match(u32::from(dst)) {
             Some(encoded) => decode_decision(encoded),
             None => policy.default,
@@ -101,6 +104,10 @@ impl RouteTable {
     /// If `id` came from another table and is out of range here; use [`RouteTable::get_pool`]
     /// when the id may be stale.
     #[inline]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "documented panic on another table's id; `get_pool` is the checked form"
+    )]
     pub fn pool(&self, id: PoolId) -> &Pool {
         &self.pools[id.index()]
     }
@@ -136,6 +143,10 @@ impl RouteTable {
     /// # Panics
     /// If `id` came from another table and is out of range here.
     #[inline]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "documented panic on another table's id, as `pool`"
+    )]
     pub fn deny_reason(&self, id: DenyId) -> &str {
         &self.deny_reasons[id.index()]
     }

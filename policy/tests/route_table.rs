@@ -1,4 +1,10 @@
 //! Route table behaviour through the public API: semantics, validation, and address selection.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test helpers (clippy.toml covers only #[test] functions): a malformed literal or a \
+              missing element in a test should fail loudly"
+)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;

@@ -86,11 +86,14 @@ impl Default for DropCounters {
 impl DropCounters {
     #[inline]
     pub fn record(&mut self, reason: DropReason) {
-        self.0[reason as usize] += 1;
+        // `DropReason::COUNT` slots, one per variant: the `if` always holds.
+        if let Some(count) = self.0.get_mut(reason as usize) {
+            *count += 1;
+        }
     }
 
     pub fn get(&self, reason: DropReason) -> u64 {
-        self.0[reason as usize]
+        self.0.get(reason as usize).copied().unwrap_or(0)
     }
 
     pub fn total(&self) -> u64 {
@@ -153,7 +156,9 @@ impl Counters {
         self.flows_early_dropped += other.flows_early_dropped;
         self.fragments_stashed += other.fragments_stashed;
         for (reason, count) in other.drops.iter() {
-            self.drops.0[reason as usize] += count;
+            if let Some(total) = self.drops.0.get_mut(reason as usize) {
+                *total += count;
+            }
         }
     }
 }

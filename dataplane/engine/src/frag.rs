@@ -178,7 +178,11 @@ impl Fragments {
         let Some(slot) = self.stash.iter_mut().find(|s| !s.in_use) else {
             return StashResult::Full;
         };
-        slot.bytes[..frame.len()].copy_from_slice(frame);
+        // Frames longer than a stash buffer were turned away above as `TooLarge`.
+        let Some(bytes) = slot.bytes.get_mut(..frame.len()) else {
+            return StashResult::TooLarge;
+        };
+        bytes.copy_from_slice(frame);
         slot.len = frame.len();
         slot.datagram = datagram;
         slot.expires_ms = now_ms + u64::from(self.config.timeout_ms);
@@ -188,6 +192,7 @@ impl Fragments {
     }
 
     /// Whether any stashed fragment is ready to be released.
+    #[cfg(test)]
     pub fn has_ready(&self) -> bool {
         self.ready > 0
     }
@@ -195,8 +200,11 @@ impl Fragments {
     /// Takes the buffer of one ready stashed fragment: `(slot, buffer, len)`. The caller processes
     /// it and gives the buffer back with [`restore`](Self::restore), so no allocation happens.
     pub fn take_ready(&mut self) -> Option<(usize, Vec<u8>, usize)> {
-        let index = self.stash.iter().position(|s| s.in_use && s.ready)?;
-        let slot = &mut self.stash[index];
+        let (index, slot) = self
+            .stash
+            .iter_mut()
+            .enumerate()
+            .find(|(_, s)| s.in_use && s.ready)?;
         slot.in_use = false;
         slot.ready = false;
         self.ready -= 1;
@@ -223,10 +231,12 @@ impl Fragments {
         expired
     }
 
+    #[cfg(test)]
     pub fn stashed(&self) -> usize {
         self.stash.iter().filter(|s| s.in_use).count()
     }
 
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.entries.len()
     }

@@ -3,6 +3,10 @@
 //! [`parse`] validates a frame once and records the offsets and fields the engine needs in a
 //! [`Parsed`] value; the rewrite helpers then patch addresses, ports and TTL in the caller's buffer
 //! and update every affected checksum incrementally (RFC 1624). Nothing here allocates.
+#![expect(
+    clippy::indexing_slicing,
+    reason = "a checked view of one frame: `parse` and `parse_plain` check every length before they record an offset, and the rewrites index only at offsets a `Parsed` or `Plain` recorded; `.get()` on every field would add nothing but noise on the hot path"
+)]
 
 use std::net::Ipv4Addr;
 

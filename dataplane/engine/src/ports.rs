@@ -8,6 +8,10 @@
 //! A port may be leased by several flows at once as long as their remote endpoints differ: the
 //! flow table guarantees that no two flows share (external address, port, protocol, remote
 //! endpoint). That is what lets one external address carry more than 64 k flows.
+#![expect(
+    clippy::indexing_slicing,
+    reason = "per-protocol arrays indexed by `Protocol::index()` (0..3) and port bitmaps indexed by offsets inside this core's own port block, checked when the block was made"
+)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use egw_engine::conntrack::FlowState;
+use egw_engine::FlowState;
 use egw_engine::{FlowFilter, FlowInfo, Protocol, RouteTable};
 use egw_proto::v1;
 use egw_xdp::AttachMode;

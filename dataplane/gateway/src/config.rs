@@ -29,7 +29,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use egw_engine::ports::PortPartition;
+use egw_engine::PortPartition;
 use egw_engine::{EngineConfig, Filtering, Timeouts};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
@@ -596,12 +596,12 @@ impl GatewayConfig {
     /// Flow-table capacity, the port range (split among the workers) and timeouts.
     fn validate_conntrack(&self) -> Result<(), ConfigError> {
         let capacity = self.conntrack.capacity_per_core;
-        if capacity == 0 || capacity > egw_engine::engine::MAX_FLOWS_PER_CORE {
+        if capacity == 0 || capacity > egw_engine::MAX_FLOWS_PER_CORE {
             return Err(invalid(
                 "conntrack.capacity_per_core",
                 format!(
                     "must be between 1 and {}, got {capacity}",
-                    egw_engine::engine::MAX_FLOWS_PER_CORE
+                    egw_engine::MAX_FLOWS_PER_CORE
                 ),
             ));
         }

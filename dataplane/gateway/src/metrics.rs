@@ -425,7 +425,7 @@ pub async fn serve<S: MetricsSource>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use egw_engine::ports::PortUsage;
+    use egw_engine::PortUsage;
     use egw_engine::{DropReason, ExternalUsage, Protocol};
 
     fn view() -> GatewayView {

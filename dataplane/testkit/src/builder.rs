@@ -7,7 +7,7 @@ use crate::checksum::{checksum, finish, pseudo_header_sum, sum_bytes};
 use crate::wire::*;
 
 #[cfg(doc)]
-use crate::fragment_packet;
+use crate::{fragment_packet, icmp_quote, ip_packet_of, truncated};
 
 /// Why a [`PacketBuilder`] could not produce a packet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

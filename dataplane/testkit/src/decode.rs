@@ -6,6 +6,9 @@ use std::net::Ipv4Addr;
 use crate::checksum::{checksum, finish, pseudo_header_sum, sum_bytes};
 use crate::wire::*;
 
+#[cfg(doc)]
+use crate::reassemble;
+
 /// Why a frame could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -413,136 +416,133 @@ pub(crate) fn decode_l4(ipv4: &Ipv4Info, segment: &[u8]) -> Result<L4, DecodeErr
     }
     // A first fragment carries the transport header but only part of what its checksum covers.
     let whole = !ipv4.more_fragments;
-    let verify = |ok: bool| whole.then_some(ok);
-    let l4 = match protocol {
-        PROTO_TCP => {
-            if segment.len() < TCP_MIN_HEADER_LEN {
-                return if whole {
-                    Err(DecodeError::Truncated {
-                        layer: "tcp",
-                        needed: TCP_MIN_HEADER_LEN,
-                        available: segment.len(),
-                    })
-                } else {
-                    Ok(fragment())
-                };
-            }
-            let data_offset = segment[12] >> 4;
-            let header_len = usize::from(data_offset) * 4;
-            if header_len < TCP_MIN_HEADER_LEN || header_len > segment.len() {
-                return Err(DecodeError::BadTcpDataOffset {
-                    data_offset,
-                    segment_len: segment.len(),
-                });
-            }
-            L4::Tcp(TcpInfo {
-                src_port: get_u16(segment, 0),
-                dst_port: get_u16(segment, 2),
-                seq: get_u32(segment, 4),
-                ack: get_u32(segment, 8),
-                data_offset,
-                flags: TcpFlags(segment[13]),
-                window: get_u16(segment, 14),
-                checksum: get_u16(segment, 16),
-                checksum_ok: verify(transport_checksum_ok(ipv4, PROTO_TCP, segment)),
-                urgent_pointer: get_u16(segment, 18),
-                options: segment[TCP_MIN_HEADER_LEN..header_len].to_vec(),
-                payload: segment[header_len..].to_vec(),
-            })
-        }
-        PROTO_UDP => {
-            if segment.len() < UDP_HEADER_LEN {
-                return if whole {
-                    Err(DecodeError::Truncated {
-                        layer: "udp",
-                        needed: UDP_HEADER_LEN,
-                        available: segment.len(),
-                    })
-                } else {
-                    Ok(fragment())
-                };
-            }
-            let length = get_u16(segment, 4);
-            let claimed = usize::from(length);
-            // In a first fragment the length field counts bytes that come in later fragments.
-            if claimed < UDP_HEADER_LEN || (whole && claimed > segment.len()) {
-                return Err(DecodeError::BadUdpLength {
-                    length,
-                    segment_len: segment.len(),
-                });
-            }
-            let datagram = &segment[..claimed.min(segment.len())];
-            let checksum = get_u16(segment, 6);
-            let checksum_ok = if checksum == 0 {
-                None
+    let minimum = match protocol {
+        PROTO_TCP => Some(("tcp", TCP_MIN_HEADER_LEN)),
+        PROTO_UDP => Some(("udp", UDP_HEADER_LEN)),
+        PROTO_ICMP => Some(("icmp", ICMP_HEADER_LEN)),
+        _ => None,
+    };
+    if let Some((layer, needed)) = minimum {
+        if segment.len() < needed {
+            return if whole {
+                Err(DecodeError::Truncated {
+                    layer,
+                    needed,
+                    available: segment.len(),
+                })
             } else {
-                verify(transport_checksum_ok(ipv4, PROTO_UDP, datagram))
+                Ok(fragment())
             };
-            L4::Udp(UdpInfo {
-                src_port: get_u16(segment, 0),
-                dst_port: get_u16(segment, 2),
-                length,
-                checksum,
-                checksum_ok,
-                payload: datagram[UDP_HEADER_LEN..].to_vec(),
-            })
         }
-        PROTO_ICMP => {
-            if segment.len() < ICMP_HEADER_LEN {
-                return if whole {
-                    Err(DecodeError::Truncated {
-                        layer: "icmp",
-                        needed: ICMP_HEADER_LEN,
-                        available: segment.len(),
-                    })
-                } else {
-                    Ok(fragment())
-                };
-            }
-            let icmp_type = segment[0];
-            let code = segment[1];
-            let checksum_value = get_u16(segment, 2);
-            let checksum_ok = verify(checksum(segment) == 0);
-            match icmp_type {
-                ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => L4::IcmpEcho(IcmpEchoInfo {
-                    kind: if icmp_type == ICMP_ECHO_REQUEST {
-                        EchoKind::Request
-                    } else {
-                        EchoKind::Reply
-                    },
-                    id: get_u16(segment, 4),
-                    seq: get_u16(segment, 6),
-                    checksum: checksum_value,
-                    checksum_ok,
-                    payload: segment[ICMP_HEADER_LEN..].to_vec(),
-                }),
-                // Destination unreachable, source quench, redirect, time exceeded, parameter
-                // problem: the messages that quote the packet they are about.
-                3 | 4 | 5 | 11 | 12 => L4::IcmpError(IcmpErrorInfo {
-                    icmp_type,
-                    code,
-                    next_hop_mtu: get_u16(segment, 6),
-                    checksum: checksum_value,
-                    checksum_ok,
-                    inner: Box::new(
-                        decode_inner(&segment[ICMP_HEADER_LEN..])
-                            .map_err(|error| DecodeError::Inner(Box::new(error)))?,
-                    ),
-                }),
-                _ => L4::Icmp(IcmpOtherInfo {
-                    icmp_type,
-                    code,
-                    checksum: checksum_value,
-                    checksum_ok,
-                }),
-            }
-        }
-        _ => L4::Other {
+    }
+    match protocol {
+        PROTO_TCP => decode_tcp(ipv4, segment, whole),
+        PROTO_UDP => decode_udp(ipv4, segment, whole),
+        PROTO_ICMP => decode_icmp(segment, whole),
+        _ => Ok(L4::Other {
             protocol,
             payload: segment.to_vec(),
-        },
+        }),
+    }
+}
+
+/// A TCP segment at least [`TCP_MIN_HEADER_LEN`] long; `whole`: not a first fragment, so its
+/// checksum can be verified.
+fn decode_tcp(ipv4: &Ipv4Info, segment: &[u8], whole: bool) -> Result<L4, DecodeError> {
+    let verify = |ok: bool| whole.then_some(ok);
+    let data_offset = segment[12] >> 4;
+    let header_len = usize::from(data_offset) * 4;
+    if header_len < TCP_MIN_HEADER_LEN || header_len > segment.len() {
+        return Err(DecodeError::BadTcpDataOffset {
+            data_offset,
+            segment_len: segment.len(),
+        });
+    }
+    Ok(L4::Tcp(TcpInfo {
+        src_port: get_u16(segment, 0),
+        dst_port: get_u16(segment, 2),
+        seq: get_u32(segment, 4),
+        ack: get_u32(segment, 8),
+        data_offset,
+        flags: TcpFlags(segment[13]),
+        window: get_u16(segment, 14),
+        checksum: get_u16(segment, 16),
+        checksum_ok: verify(transport_checksum_ok(ipv4, PROTO_TCP, segment)),
+        urgent_pointer: get_u16(segment, 18),
+        options: segment[TCP_MIN_HEADER_LEN..header_len].to_vec(),
+        payload: segment[header_len..].to_vec(),
+    }))
+}
+
+/// A UDP datagram at least [`UDP_HEADER_LEN`] long; `whole` as for [`decode_tcp`].
+fn decode_udp(ipv4: &Ipv4Info, segment: &[u8], whole: bool) -> Result<L4, DecodeError> {
+    let verify = |ok: bool| whole.then_some(ok);
+    let length = get_u16(segment, 4);
+    let claimed = usize::from(length);
+    // In a first fragment the length field counts bytes that come in later fragments.
+    if claimed < UDP_HEADER_LEN || (whole && claimed > segment.len()) {
+        return Err(DecodeError::BadUdpLength {
+            length,
+            segment_len: segment.len(),
+        });
+    }
+    let datagram = &segment[..claimed.min(segment.len())];
+    let checksum = get_u16(segment, 6);
+    let checksum_ok = if checksum == 0 {
+        None
+    } else {
+        verify(transport_checksum_ok(ipv4, PROTO_UDP, datagram))
     };
-    Ok(l4)
+    Ok(L4::Udp(UdpInfo {
+        src_port: get_u16(segment, 0),
+        dst_port: get_u16(segment, 2),
+        length,
+        checksum,
+        checksum_ok,
+        payload: datagram[UDP_HEADER_LEN..].to_vec(),
+    }))
+}
+
+/// An ICMP message at least [`ICMP_HEADER_LEN`] long; `whole` as for [`decode_tcp`].
+fn decode_icmp(segment: &[u8], whole: bool) -> Result<L4, DecodeError> {
+    let verify = |ok: bool| whole.then_some(ok);
+    let icmp_type = segment[0];
+    let code = segment[1];
+    let checksum_value = get_u16(segment, 2);
+    let checksum_ok = verify(checksum(segment) == 0);
+    Ok(match icmp_type {
+        ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => L4::IcmpEcho(IcmpEchoInfo {
+            kind: if icmp_type == ICMP_ECHO_REQUEST {
+                EchoKind::Request
+            } else {
+                EchoKind::Reply
+            },
+            id: get_u16(segment, 4),
+            seq: get_u16(segment, 6),
+            checksum: checksum_value,
+            checksum_ok,
+            payload: segment[ICMP_HEADER_LEN..].to_vec(),
+        }),
+        // Destination unreachable, source quench, redirect, time exceeded, parameter
+        // problem: the messages that quote the packet they are about.
+        3 | 4 | 5 | 11 | 12 => L4::IcmpError(IcmpErrorInfo {
+            icmp_type,
+            code,
+            next_hop_mtu: get_u16(segment, 6),
+            checksum: checksum_value,
+            checksum_ok,
+            inner: Box::new(
+                decode_inner(&segment[ICMP_HEADER_LEN..])
+                    .map_err(|error| DecodeError::Inner(Box::new(error)))?,
+            ),
+        }),
+        _ => L4::Icmp(IcmpOtherInfo {
+            icmp_type,
+            code,
+            checksum: checksum_value,
+            checksum_ok,
+        }),
+    })
 }
 
 /// Decodes the packet quoted by an ICMP error. The quote must hold the whole inner IPv4 header;

@@ -4,6 +4,12 @@
 //! layer does, and come out as an [`Outcome`]. On any failed expectation the harness panics with
 //! the whole dataplane state (counters, flows, port usage per core) so a failure explains itself.
 #![allow(dead_code)]
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "a test harness (clippy.toml covers only #[test] functions): a failed expectation \
+              should panic with the dataplane state"
+)]
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
