@@ -134,7 +134,7 @@ async fn routes_get(
         .into_inner();
     let table = reply
         .table
-        .map(yaml::RouteTable::try_from)
+        .map(yaml::RouteTableDocument::try_from)
         .transpose()
         .map_err(|error| CliError::Reply(error.to_string()))?;
     emit(out, format, &table, || {
@@ -142,7 +142,7 @@ async fn routes_get(
     })
 }
 
-fn read_table_file(path: &std::path::Path) -> Result<yaml::RouteTable, CliError> {
+fn read_table_file(path: &std::path::Path) -> Result<yaml::RouteTableDocument, CliError> {
     let table_error = |problem: String| CliError::TableFile {
         path: path.to_owned(),
         problem,
@@ -156,7 +156,7 @@ fn read_table_file(path: &std::path::Path) -> Result<yaml::RouteTable, CliError>
     } else {
         std::fs::read_to_string(path).map_err(|error| table_error(error.to_string()))?
     };
-    yaml::RouteTable::from_yaml_str(&text).map_err(|error| table_error(error.to_string()))
+    yaml::RouteTableDocument::from_yaml_str(&text).map_err(|error| table_error(error.to_string()))
 }
 
 async fn routes_apply(

@@ -323,7 +323,7 @@ fn action(action: &yaml::Action) -> String {
 }
 
 /// `egwctl routes get`.
-pub fn route_table(table_view: Option<&yaml::RouteTable>, epoch: u64) -> String {
+pub fn route_table(table_view: Option<&yaml::RouteTableDocument>, epoch: u64) -> String {
     let Some(route_table) = table_view else {
         return format!("No route table applied yet (gateway epoch {epoch:016x}).\n");
     };

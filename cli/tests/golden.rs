@@ -114,7 +114,7 @@ fn flow(index: u32, protocol: v1::Protocol, state: v1::FlowState) -> v1::Flow {
 
 impl FixtureBackend {
     fn new() -> Self {
-        let table = yaml::RouteTable::from_yaml_str(FIXTURE_TABLE).unwrap();
+        let table = yaml::RouteTableDocument::from_yaml_str(FIXTURE_TABLE).unwrap();
         FixtureBackend {
             initial: table.to_proto(),
             flows: vec![
@@ -380,8 +380,8 @@ async fn routes_get_yaml_can_be_applied_again() {
         .await
         .unwrap();
     assert_eq!(
-        yaml::RouteTable::from_yaml_str(&exported).unwrap(),
-        yaml::RouteTable::from_yaml_str(FIXTURE_TABLE).unwrap()
+        yaml::RouteTableDocument::from_yaml_str(&exported).unwrap(),
+        yaml::RouteTableDocument::from_yaml_str(FIXTURE_TABLE).unwrap()
     );
     let path = fixture.write("exported.yaml", &exported);
     let output = fixture

@@ -12,7 +12,7 @@ use egw_controller::input::{
     ExternalAddress, GatewayInfo, InstanceInfo, NamespaceInfo, PodInfo, PolicyInfo, Snapshot,
 };
 use egw_controller::translate::{translate, InstanceKey, PodOutcome, Translation};
-use egw_policy::{Decision, RouteTable};
+use egw_policy::{CompiledRouteTable, Decision};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 fn gateway(name: &str, instances: usize, max_next_hops: u32) -> GatewayInfo {
@@ -74,7 +74,7 @@ fn hops_of(translation: &Translation, pod: &str) -> Vec<InstanceKey> {
 
 fn assert_all_tables_compile(translation: &Translation) {
     for (key, table) in &translation.tables {
-        if let Err(error) = RouteTable::compile(table.spec.clone()) {
+        if let Err(error) = CompiledRouteTable::compile(table.spec.clone()) {
             panic!("table {key} invalid: {error}");
         }
     }
@@ -131,7 +131,7 @@ fn max_next_hops_spreads_pods_over_instances() {
         assert_ne!(hops[0], hops[1]);
         // The tables agree with the reported next hops.
         for (key, table) in &translation.tables {
-            let compiled = RouteTable::compile(table.spec.clone()).unwrap();
+            let compiled = CompiledRouteTable::compile(table.spec.clone()).unwrap();
             let decision = compiled.lookup(pod_ip(index), Ipv4Addr::new(8, 8, 8, 8));
             assert_eq!(
                 matches!(decision, Decision::Snat(_)),

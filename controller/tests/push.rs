@@ -12,7 +12,7 @@ use egw_controller::metrics::Metrics;
 use egw_controller::push::{GatewayPusher, InstanceState, PushOptions};
 use egw_controller::translate::{translate, InstanceKey, InstanceTable};
 use egw_policy::{
-    ActionSpec, PolicySpec, PoolSpec, RouteTable, RouteTableSpec, RuleSpec, SourceSpec,
+    ActionSpec, CompiledRouteTable, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec,
 };
 use egw_proto::spec::spec_to_wire as table_to_wire;
 use support::{compile_wire, spec_from_wire, verdict, wait_until, Call, TestGateway, Verdict};
@@ -72,8 +72,8 @@ fn probes() -> Vec<(Ipv4Addr, Ipv4Addr)> {
 fn assert_same_decisions(original: &RouteTableSpec, probes: &[(Ipv4Addr, Ipv4Addr)]) {
     let wire = table_to_wire(original);
     assert_eq!(wire.generation, original.generation);
-    let expected = RouteTable::compile(original.clone()).unwrap();
-    let round_tripped = RouteTable::compile(spec_from_wire(&wire).unwrap()).unwrap();
+    let expected = CompiledRouteTable::compile(original.clone()).unwrap();
+    let round_tripped = CompiledRouteTable::compile(spec_from_wire(&wire).unwrap()).unwrap();
     for &(source, destination) in probes {
         assert_eq!(
             verdict(&round_tripped, source, destination),

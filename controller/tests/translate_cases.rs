@@ -1,6 +1,6 @@
 //! Table-driven translation cases: manifests in, per-instance route tables and diagnostics out.
 //!
-//! Every case compiles every produced table with `RouteTable::compile` and checks behaviour by
+//! Every case compiles every produced table with `CompiledRouteTable::compile` and checks behaviour by
 //! route lookups (`probes`), the exact set of tables, the exact set of diagnostics, and the
 //! outcome of every pod with egress intent.
 
@@ -12,7 +12,7 @@ use egw_controller::local::{load_documents, LocalInput};
 use egw_controller::translate::{
     translate, Exclusion, InstanceKey, PodOutcome, ProgramRef, Translation, NOT_A_CLIENT_REASON,
 };
-use egw_policy::{Decision, RouteTable};
+use egw_policy::{CompiledRouteTable, Decision};
 
 /// Two static gateways: `lab` (two instances, labels site=lab, egress-code=red) and `dmz` (one
 /// instance, site=dmz), both in `egw-system`.
@@ -111,11 +111,11 @@ fn run_case(case: &Case) -> Translation {
         .unwrap_or_else(|error| panic!("{}: bad case YAML: {error:?}", case.name));
     let translation = translate(&input.snapshot);
 
-    let compiled: BTreeMap<String, RouteTable> = translation
+    let compiled: BTreeMap<String, CompiledRouteTable> = translation
         .tables
         .iter()
         .map(|(key, table)| {
-            let compiled = RouteTable::compile(table.spec.clone())
+            let compiled = CompiledRouteTable::compile(table.spec.clone())
                 .unwrap_or_else(|error| panic!("{}: table {key} invalid: {error}", case.name));
             (key.to_string(), compiled)
         })
@@ -1326,7 +1326,7 @@ status: {phase: Running, podIP: 10.1.0.1}
                 .tables
                 .values()
                 .filter(|table| {
-                    let compiled = RouteTable::compile(table.spec.clone()).unwrap();
+                    let compiled = CompiledRouteTable::compile(table.spec.clone()).unwrap();
                     matches!(
                         compiled.lookup(Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(8, 8, 8, 8)),
                         Decision::Snat(_)
@@ -1473,7 +1473,7 @@ fn exactly_one_next_hop(translation: &Translation) {
     assert_eq!(next_hops[0].instances.len(), 1);
     let chosen = &next_hops[0].instances[0];
     for (key, table) in &translation.tables {
-        let compiled = RouteTable::compile(table.spec.clone()).unwrap();
+        let compiled = CompiledRouteTable::compile(table.spec.clone()).unwrap();
         let decision = compiled.lookup(Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(8, 8, 8, 8));
         if key == chosen {
             assert!(matches!(decision, Decision::Snat(_)), "{key}: {decision:?}");

@@ -1,4 +1,4 @@
-//! [`RouteTable::compile`]: validates a [`RouteTableSpec`] and builds the compiled table — pools
+//! [`CompiledRouteTable::compile`]: validates a [`RouteTableSpec`] and builds the compiled table — pools
 //! with their precomputed address hashes, interned deny reasons, one prefix map per policy and
 //! one for the sources.
 
@@ -16,14 +16,14 @@ use crate::limits::{
 use crate::pool::{mix64, Pool};
 use crate::prefix::PrefixMap;
 use crate::spec::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, SourceSpec};
-use crate::table::{CompiledPolicy, RouteTable};
+use crate::table::{CompiledPolicy, CompiledRouteTable};
 use crate::validate::{
     check_public_addresses, check_sizes, index_names, index_policy_names, unusable_address_reason,
 };
 
-impl RouteTable {
+impl CompiledRouteTable {
     /// Validates `spec` and compiles it. Every error names the offending item.
-    pub fn compile(spec: RouteTableSpec) -> Result<RouteTable, RouteTableError> {
+    pub fn compile(spec: RouteTableSpec) -> Result<CompiledRouteTable, RouteTableError> {
         check_sizes(&spec)?;
         let (pools, pool_ids) = compile_pools(&spec.pools)?;
         let policy_indices = index_policy_names(&spec.policies)?;
@@ -52,7 +52,7 @@ impl RouteTable {
         snat_addresses.dedup();
         check_public_addresses(&spec.public_addresses, &snat_addresses)?;
 
-        Ok(RouteTable {
+        Ok(CompiledRouteTable {
             spec,
             pools: pools.into_boxed_slice(),
             deny_reasons: deny_reasons.reasons.into_boxed_slice(),

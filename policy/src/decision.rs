@@ -4,22 +4,22 @@
 //! A leaf module: the pool, table and compile modules all use it, it uses none of them.
 
 #[cfg(doc)]
-use crate::{Pool, RouteTable};
+use crate::{CompiledRouteTable, Pool};
 
-/// Index of a [`Pool`] in the [`RouteTable`] that produced it.
+/// Index of a [`Pool`] in the [`CompiledRouteTable`] that produced it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 /// The index is crate-visible so that compilation can mint ids and the lookup can decode them.
 pub struct PoolId(pub(crate) u16);
 
 impl PoolId {
-    /// Position in [`RouteTable::pools`], e.g. to index per-pool counters.
+    /// Position in [`CompiledRouteTable::pools`], e.g. to index per-pool counters.
     #[inline]
     pub fn index(self) -> usize {
         usize::from(self.0)
     }
 }
 
-/// Index of a deny reason in the [`RouteTable`] that produced it.
+/// Index of a deny reason in the [`CompiledRouteTable`] that produced it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DenyId(pub(crate) u16);
 
@@ -38,7 +38,7 @@ pub enum Decision {
     Snat(PoolId),
     /// Forward unchanged.
     Bypass,
-    /// Drop; [`RouteTable::deny_reason`] says why.
+    /// Drop; [`CompiledRouteTable::deny_reason`] says why.
     Deny(DenyId),
 }
 

@@ -7,13 +7,13 @@
 //! own default, else denies with [`NO_RULE_MATCHES_REASON`]. A source no CIDR covers gets the
 //! table's default action, which the control plane should keep a deny (no open relay).
 //!
-//! [`RouteTable::compile`] validates a plain-data [`RouteTableSpec`] and builds allocation-free
-//! lookup structures. The caller swaps whole tables atomically (`Arc<RouteTable>`); a table is never
+//! [`CompiledRouteTable::compile`] validates a plain-data [`RouteTableSpec`] and builds allocation-free
+//! lookup structures. The caller swaps whole tables atomically (`Arc<CompiledRouteTable>`); a table is never
 //! mutated after compilation. [`PoolId`] and [`DenyId`] values are indices into the table that
 //! produced them and are meaningless for any other table.
 //!
 //! This crate is what the control plane, the API crate, the lab and the engine share: the spec,
-//! its limits, [`RouteTable::compile`] and the compiled table. It depends on nothing but `ipnet`
+//! its limits, [`CompiledRouteTable::compile`] and the compiled table. It depends on nothing but `ipnet`
 //! and `thiserror`, so nothing that only needs the spec links the NAT engine.
 //!
 //! Modules follow the table's life: [`spec`](crate::RouteTableSpec) and limits (the input),
@@ -38,4 +38,4 @@ pub use limits::{
 };
 pub use pool::Pool;
 pub use spec::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
-pub use table::RouteTable;
+pub use table::CompiledRouteTable;

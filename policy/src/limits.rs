@@ -24,5 +24,5 @@ pub const MAX_DENY_REASON_LEN: usize = 256;
 
 /// Reason of the denial for a policy with no matching rule and no default action.
 pub const NO_RULE_MATCHES_REASON: &str = "no rule matches destination";
-/// Reason of the denial of [`RouteTable::empty_deny_all`](crate::RouteTable::empty_deny_all).
+/// Reason of the denial of [`CompiledRouteTable::empty_deny_all`](crate::CompiledRouteTable::empty_deny_all).
 pub const NO_TABLE_INSTALLED_REASON: &str = "no route table installed";

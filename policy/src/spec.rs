@@ -1,4 +1,4 @@
-//! A route table as plain data: what the control plane describes and [`RouteTable::compile`]
+//! A route table as plain data: what the control plane describes and [`CompiledRouteTable::compile`]
 //! validates. Nothing here is checked yet; see [`crate::RouteTableError`] for what compile rejects.
 
 use std::collections::BTreeMap;
@@ -7,9 +7,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 #[cfg(doc)]
-use crate::{RouteTable, NO_RULE_MATCHES_REASON};
+use crate::{CompiledRouteTable, NO_RULE_MATCHES_REASON};
 
-/// A route table as the control plane describes it; compiled by [`RouteTable::compile`].
+/// A route table as the control plane describes it; compiled by [`CompiledRouteTable::compile`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTableSpec {
     /// Monotonic version chosen by the control plane; reported back, never interpreted here.

@@ -1,6 +1,6 @@
-//! The compiled route table: immutable lookup structures and the per-new-flow [`RouteTable::lookup`].
+//! The compiled route table: immutable lookup structures and the per-new-flow [`CompiledRouteTable::lookup`].
 //!
-//! [`RouteTable::compile`] (in `compile.rs`) builds it; this module only reads it.
+//! [`CompiledRouteTable::compile`] (in `compile.rs`) builds it; this module only reads it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,8 +19,8 @@ pub(crate) struct CompiledPolicy {
     pub(crate) default: Decision,
 }
 
-/// A validated, compiled route table. Immutable; share it as `Arc<RouteTable>`.
-pub struct RouteTable {
+/// A validated, compiled route table. Immutable; share it as `Arc<CompiledRouteTable>`.
+pub struct CompiledRouteTable {
     pub(crate) spec: RouteTableSpec,
     pub(crate) pools: Box<[Pool]>,
     pub(crate) deny_reasons: Box<[String]>,
@@ -32,9 +32,9 @@ pub struct RouteTable {
     pub(crate) snat_addresses: Box<[Ipv4Addr]>,
 }
 
-impl fmt::Debug for RouteTable {
+impl fmt::Debug for CompiledRouteTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RouteTable")
+        f.debug_struct("CompiledRouteTable")
             .field("generation", &self.spec.generation)
             .field("pools", &self.pools.len())
             .field("policies", &self.policies.len())
@@ -44,11 +44,11 @@ impl fmt::Debug for RouteTable {
     }
 }
 
-impl RouteTable {
+impl CompiledRouteTable {
     /// The table to run with before the control plane installs one: generation 0, no pools, and
     /// every flow denied with [`NO_TABLE_INSTALLED_REASON`].
-    pub fn empty_deny_all() -> RouteTable {
-        RouteTable {
+    pub fn empty_deny_all() -> CompiledRouteTable {
+        CompiledRouteTable {
             spec: RouteTableSpec {
                 generation: 0,
                 pools: Vec::new(),
@@ -101,7 +101,7 @@ impl RouteTable {
     /// The pool `id` names.
     ///
     /// # Panics
-    /// If `id` came from another table and is out of range here; use [`RouteTable::get_pool`]
+    /// If `id` came from another table and is out of range here; use [`CompiledRouteTable::get_pool`]
     /// when the id may be stale.
     #[inline]
     #[expect(

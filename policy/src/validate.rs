@@ -1,4 +1,4 @@
-//! The checks [`RouteTable::compile`](crate::RouteTable::compile) runs before building anything:
+//! The checks [`CompiledRouteTable::compile`](crate::CompiledRouteTable::compile) runs before building anything:
 //! sizes within the limits, names non-empty, bounded and unique, addresses usable for SNAT, public
 //! addresses one-to-one with pool addresses.
 

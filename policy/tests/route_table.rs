@@ -112,7 +112,7 @@ enum Outcome {
     Deny(String),
 }
 
-fn outcome(table: &RouteTable, decision: Decision) -> Outcome {
+fn outcome(table: &CompiledRouteTable, decision: Decision) -> Outcome {
     match decision {
         Decision::Snat(id) => Outcome::Snat(table.pool(id).name().to_owned()),
         Decision::Bypass => Outcome::Bypass,
@@ -120,7 +120,7 @@ fn outcome(table: &RouteTable, decision: Decision) -> Outcome {
     }
 }
 
-fn lookup(table: &RouteTable, src: &str, dst: &str) -> Outcome {
+fn lookup(table: &CompiledRouteTable, src: &str, dst: &str) -> Outcome {
     outcome(table, table.lookup(ip(src), ip(dst)))
 }
 
@@ -138,7 +138,7 @@ fn denied(reason: &str) -> Outcome {
 
 #[test]
 fn destination_rules_resolve_by_longest_prefix() {
-    let table = RouteTable::compile(sample_spec()).unwrap();
+    let table = CompiledRouteTable::compile(sample_spec()).unwrap();
     let pod = "10.244.3.3";
     assert_eq!(lookup(&table, pod, "8.8.8.8"), snat_to("pool-a"));
     assert_eq!(lookup(&table, pod, "10.1.2.3"), Outcome::Bypass);
@@ -154,7 +154,7 @@ fn destination_rules_resolve_by_longest_prefix() {
 
 #[test]
 fn sources_resolve_by_longest_prefix() {
-    let table = RouteTable::compile(sample_spec()).unwrap();
+    let table = CompiledRouteTable::compile(sample_spec()).unwrap();
     // 10.244.1.5/32 overrides the namespace-wide 10.244.0.0/16.
     assert_eq!(
         lookup(&table, "10.244.1.5", "8.8.8.8"),
@@ -166,7 +166,7 @@ fn sources_resolve_by_longest_prefix() {
 
 #[test]
 fn unknown_source_gets_the_table_default() {
-    let table = RouteTable::compile(sample_spec()).unwrap();
+    let table = CompiledRouteTable::compile(sample_spec()).unwrap();
     assert_eq!(
         lookup(&table, "10.243.0.1", "8.8.8.8"),
         denied("unknown source")
@@ -179,7 +179,7 @@ fn unknown_source_gets_the_table_default() {
 
 #[test]
 fn policy_without_matching_rule_uses_its_default_or_denies() {
-    let table = RouteTable::compile(sample_spec()).unwrap();
+    let table = CompiledRouteTable::compile(sample_spec()).unwrap();
     assert_eq!(
         lookup(&table, "10.244.1.5", "1.1.1.1"),
         denied("internal-only namespace")
@@ -195,14 +195,14 @@ fn policy_without_matching_rule_uses_its_default_or_denies() {
 fn source_slash_zero_catches_every_source() {
     let mut spec = sample_spec();
     spec.sources.push(source("0.0.0.0/0", "no-default"));
-    let table = RouteTable::compile(spec).unwrap();
+    let table = CompiledRouteTable::compile(spec).unwrap();
     assert_eq!(lookup(&table, "1.2.3.4", "192.168.0.1"), Outcome::Bypass);
     assert_eq!(lookup(&table, "10.244.3.3", "8.8.8.8"), snat_to("pool-a"));
 }
 
 #[test]
 fn empty_deny_all_denies_everything() {
-    let table = RouteTable::empty_deny_all();
+    let table = CompiledRouteTable::empty_deny_all();
     assert_eq!(table.generation(), 0);
     assert!(table.pools().is_empty());
     assert_eq!(table.snat_addresses().count(), 0);
@@ -214,7 +214,7 @@ fn empty_deny_all_denies_everything() {
         assert_eq!(lookup(&table, src, dst), denied(NO_TABLE_INSTALLED_REASON));
     }
     // Its spec compiles to a table with the same behaviour.
-    let recompiled = RouteTable::compile(table.spec().clone()).unwrap();
+    let recompiled = CompiledRouteTable::compile(table.spec().clone()).unwrap();
     assert_eq!(
         lookup(&recompiled, "10.0.0.1", "8.8.8.8"),
         denied(NO_TABLE_INSTALLED_REASON)
@@ -224,7 +224,7 @@ fn empty_deny_all_denies_everything() {
 #[test]
 fn accessors_expose_the_compiled_spec() {
     let spec = sample_spec();
-    let table = RouteTable::compile(spec.clone()).unwrap();
+    let table = CompiledRouteTable::compile(spec.clone()).unwrap();
     assert_eq!(table.generation(), 7);
     assert_eq!(table.spec(), &spec);
     let names: Vec<&str> = table.pools().iter().map(Pool::name).collect();
@@ -256,18 +256,18 @@ fn accessors_expose_the_compiled_spec() {
 
 #[test]
 fn stale_pool_id_is_detected_by_get_pool() {
-    let table = RouteTable::compile(sample_spec()).unwrap();
+    let table = CompiledRouteTable::compile(sample_spec()).unwrap();
     let Decision::Snat(id) = table.lookup(ip("10.244.3.3"), ip("10.96.5.5")) else {
         panic!("expected SNAT");
     };
     assert_eq!(table.get_pool(id).map(Pool::name), Some("pool-b"));
-    assert!(RouteTable::empty_deny_all().get_pool(id).is_none());
+    assert!(CompiledRouteTable::empty_deny_all().get_pool(id).is_none());
 }
 
 #[test]
 fn route_table_is_shareable_across_cores() {
     fn assert_send_sync<T: Send + Sync>() {}
-    assert_send_sync::<RouteTable>();
+    assert_send_sync::<CompiledRouteTable>();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ fn route_table_is_shareable_across_cores() {
 // ---------------------------------------------------------------------------------------------
 
 fn compile_error(spec: RouteTableSpec) -> RouteTableError {
-    RouteTable::compile(spec).unwrap_err()
+    CompiledRouteTable::compile(spec).unwrap_err()
 }
 
 #[test]
@@ -402,7 +402,7 @@ fn accepts_private_and_documentation_addresses() {
     spec.pools[1]
         .addresses
         .extend([ip("10.0.0.1"), ip("172.16.0.1"), ip("100.64.0.1")]);
-    RouteTable::compile(spec).unwrap();
+    CompiledRouteTable::compile(spec).unwrap();
 }
 
 #[test]
@@ -540,7 +540,7 @@ fn same_destination_in_two_policies_is_fine() {
     spec.policies[1]
         .rules
         .push(rule("10.0.0.0/8", snat("pool-a")));
-    RouteTable::compile(spec).unwrap();
+    CompiledRouteTable::compile(spec).unwrap();
 }
 
 #[test]
@@ -620,7 +620,7 @@ fn rejects_too_many_pool_addresses() {
 
     let mut spec = sample_spec();
     spec.pools[0].addresses = addresses(MAX_ADDRESSES_PER_POOL);
-    RouteTable::compile(spec).unwrap();
+    CompiledRouteTable::compile(spec).unwrap();
 }
 
 #[test]
@@ -646,7 +646,7 @@ fn rejects_too_many_pools() {
     spec.pools.pop();
     spec.pools[0].name = "pool-a".to_owned();
     spec.pools[1].name = "pool-b".to_owned();
-    let table = RouteTable::compile(spec).unwrap();
+    let table = CompiledRouteTable::compile(spec).unwrap();
     assert_eq!(table.pools().len(), MAX_POOLS);
     assert_eq!(table.snat_addresses().count(), 1);
 }
@@ -694,7 +694,7 @@ fn rejects_too_many_rules_in_a_policy() {
     );
 
     spec.policies[1].rules.pop();
-    let table = RouteTable::compile(spec).unwrap();
+    let table = CompiledRouteTable::compile(spec).unwrap();
     assert_eq!(lookup(&table, "10.244.1.5", "10.0.15.255"), Outcome::Bypass);
     assert_eq!(
         lookup(&table, "10.244.1.5", "10.0.16.0"),
@@ -742,7 +742,7 @@ fn rejects_too_many_sources() {
 
     // At the limit it compiles, and every /32 resolves to its policy.
     spec.sources.pop();
-    let table = RouteTable::compile(spec).unwrap();
+    let table = CompiledRouteTable::compile(spec).unwrap();
     assert_eq!(lookup(&table, "10.0.255.255", "10.1.1.1"), Outcome::Bypass);
     assert_eq!(
         lookup(&table, "10.1.0.0", "10.1.1.1"),
@@ -780,8 +780,8 @@ const FOUR_ADDRESSES: [&str; 4] = [
     "203.0.113.13",
 ];
 
-fn single_pool_table(pairing: bool, addresses: &[&str]) -> RouteTable {
-    RouteTable::compile(RouteTableSpec {
+fn single_pool_table(pairing: bool, addresses: &[&str]) -> CompiledRouteTable {
+    CompiledRouteTable::compile(RouteTableSpec {
         public_addresses: Default::default(),
         generation: 1,
         pools: vec![pool("egress", addresses, pairing)],
@@ -1058,7 +1058,7 @@ proptest! {
         spec in spec_strategy(),
         flows in proptest::collection::vec((address_strategy(), address_strategy()), 1..64),
     ) {
-        let table = RouteTable::compile(spec.clone()).unwrap();
+        let table = CompiledRouteTable::compile(spec.clone()).unwrap();
         for (src, dst) in flows {
             prop_assert_eq!(
                 outcome(&table, table.lookup(src, dst)),
@@ -1075,7 +1075,7 @@ fn public_addresses_must_name_pool_addresses_and_be_unique() {
     let pool_address = spec.pools[0].addresses[0];
     let elastic_ip = Ipv4Addr::new(54, 1, 2, 3);
     spec.public_addresses.insert(pool_address, elastic_ip);
-    let table = RouteTable::compile(spec.clone()).unwrap();
+    let table = CompiledRouteTable::compile(spec.clone()).unwrap();
     assert_eq!(table.public_address(pool_address), Some(elastic_ip));
 
     let mut unknown = spec.clone();
@@ -1084,7 +1084,7 @@ fn public_addresses_must_name_pool_addresses_and_be_unique() {
         .public_addresses
         .insert(stranger, Ipv4Addr::new(54, 1, 2, 4));
     assert_eq!(
-        RouteTable::compile(unknown).unwrap_err(),
+        CompiledRouteTable::compile(unknown).unwrap_err(),
         RouteTableError::PublicAddressForUnknownSnat {
             snat: stranger,
             public: Ipv4Addr::new(54, 1, 2, 4)
@@ -1097,7 +1097,7 @@ fn public_addresses_must_name_pool_addresses_and_be_unique() {
         .public_addresses
         .insert(other_pool_address, elastic_ip);
     assert!(matches!(
-        RouteTable::compile(shared).unwrap_err(),
+        CompiledRouteTable::compile(shared).unwrap_err(),
         RouteTableError::DuplicatePublicAddress { public, .. } if public == elastic_ip
     ));
 }

@@ -6,7 +6,7 @@
 //!   when it no longer matches the `.proto` files and explains how to
 //!   regenerate.
 //! - [`spec`]: wire route table ↔ the NAT engine's `RouteTableSpec` (whose
-//!   `RouteTable::compile` is the one validator of a table's meaning).
+//!   `CompiledRouteTable::compile` is the one validator of a table's meaning).
 //! - [`yaml`]: the human-written YAML form of a route table, used by
 //!   `egwctl routes apply -f` and by the gateway's configuration file.
 #![forbid(unsafe_code)]

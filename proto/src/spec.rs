@@ -2,7 +2,7 @@
 //! conversion the gateway (applying a pushed table), the controller (pushing one) and the lab use.
 //!
 //! Only syntax is checked here (addresses, CIDRs, a missing action); names, duplicates and limits
-//! are checked by [`egw_policy::RouteTable::compile`], whose errors name the item too.
+//! are checked by [`egw_policy::CompiledRouteTable::compile`], whose errors name the item too.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -170,10 +170,10 @@ fn action_to_wire(action: &ActionSpec) -> v1::Action {
 }
 
 /// Converts and compiles a wire table: what every receiver of a table runs. The error names
-/// the offending field (conversion) or item (`RouteTable::compile`'s validation).
-pub fn compile(table: &v1::RouteTable) -> Result<egw_policy::RouteTable, String> {
+/// the offending field (conversion) or item (`CompiledRouteTable::compile`'s validation).
+pub fn compile(table: &v1::RouteTable) -> Result<egw_policy::CompiledRouteTable, String> {
     let spec = spec_from_wire(table).map_err(|error| error.to_string())?;
-    egw_policy::RouteTable::compile(spec).map_err(|error| error.to_string())
+    egw_policy::CompiledRouteTable::compile(spec).map_err(|error| error.to_string())
 }
 
 /// The wire form of a spec. A policy default action has no wire form: a policy's default becomes a
@@ -249,8 +249,8 @@ pub fn spec_to_wire(spec: &RouteTableSpec) -> v1::RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use egw_policy::CompiledRouteTable;
     use egw_policy::Decision;
-    use egw_policy::RouteTable;
 
     const TABLE: &str = r#"
 generation: 7
@@ -268,7 +268,7 @@ sources:
 "#;
 
     fn wire() -> v1::RouteTable {
-        crate::yaml::RouteTable::from_yaml_str(TABLE)
+        crate::yaml::RouteTableDocument::from_yaml_str(TABLE)
             .unwrap()
             .to_proto()
     }
@@ -295,7 +295,7 @@ sources:
                 reason: DEFAULT_DENY_REASON.into()
             }
         );
-        let table = RouteTable::compile(spec).unwrap();
+        let table = CompiledRouteTable::compile(spec).unwrap();
         let pod = Ipv4Addr::new(10, 244, 1, 10);
         assert!(matches!(
             table.lookup(pod, Ipv4Addr::new(8, 8, 8, 8)),
@@ -325,7 +325,7 @@ sources:
             spec.public_addresses,
             BTreeMap::from([(Ipv4Addr::new(10, 0, 1, 5), Ipv4Addr::new(54, 1, 2, 3))])
         );
-        let table = RouteTable::compile(spec.clone()).unwrap();
+        let table = CompiledRouteTable::compile(spec.clone()).unwrap();
         assert_eq!(
             table.public_address(Ipv4Addr::new(10, 0, 1, 5)),
             Some(Ipv4Addr::new(54, 1, 2, 3))
@@ -357,8 +357,8 @@ sources:
         let last = wire.policies[0].rules.last().unwrap();
         assert_eq!(last.destination, "0.0.0.0/0");
         let back = spec_from_wire(&wire).unwrap();
-        let original = RouteTable::compile(spec).unwrap();
-        let converted = RouteTable::compile(back).unwrap();
+        let original = CompiledRouteTable::compile(spec).unwrap();
+        let converted = CompiledRouteTable::compile(back).unwrap();
         let pod = Ipv4Addr::new(10, 244, 1, 10);
         for dst in [[8, 8, 8, 8], [192, 0, 2, 1], [203, 0, 113, 129]] {
             let dst = Ipv4Addr::from(dst);

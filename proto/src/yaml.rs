@@ -34,7 +34,7 @@ use crate::v1;
 /// The deny reason used when a table does not say what to do with unknown sources.
 pub const DEFAULT_DENY_REASON: &str = "no policy for source";
 
-/// Errors turning YAML text or a wire message into a [`RouteTable`].
+/// Errors turning YAML text or a wire message into a [`RouteTableDocument`].
 #[derive(Debug, thiserror::Error)]
 pub enum YamlError {
     /// The text is not a valid route table document.
@@ -53,7 +53,7 @@ pub enum YamlError {
 /// A complete route table. See the module documentation for the shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteTable {
+pub struct RouteTableDocument {
     /// Version chosen by the writer; the gateway refuses older generations.
     #[serde(default)]
     pub generation: u64,
@@ -324,13 +324,13 @@ impl<'de> Deserialize<'de> for Rule {
     }
 }
 
-impl RouteTable {
+impl RouteTableDocument {
     /// Parses a YAML document.
     pub fn from_yaml_str(text: &str) -> Result<Self, YamlError> {
         Ok(serde_yaml::from_str(text)?)
     }
 
-    /// Renders the table as YAML that [`RouteTable::from_yaml_str`] reads back.
+    /// Renders the table as YAML that [`RouteTableDocument::from_yaml_str`] reads back.
     pub fn to_yaml_string(&self) -> Result<String, YamlError> {
         Ok(serde_yaml::to_string(self)?)
     }
@@ -353,8 +353,8 @@ impl From<Action> for v1::Action {
     }
 }
 
-impl From<RouteTable> for v1::RouteTable {
-    fn from(table: RouteTable) -> Self {
+impl From<RouteTableDocument> for v1::RouteTable {
+    fn from(table: RouteTableDocument) -> Self {
         v1::RouteTable {
             generation: table.generation,
             pools: table
@@ -430,7 +430,7 @@ fn action_from_wire(field: String, action: Option<v1::Action>) -> Result<Action,
     }
 }
 
-impl TryFrom<v1::RouteTable> for RouteTable {
+impl TryFrom<v1::RouteTable> for RouteTableDocument {
     type Error = YamlError;
 
     /// Fails when an address or CIDR string of the wire message does not parse.
@@ -488,7 +488,7 @@ impl TryFrom<v1::RouteTable> for RouteTable {
             Some(action) => action_from_wire("default_action".into(), Some(action))?,
         };
 
-        Ok(RouteTable {
+        Ok(RouteTableDocument {
             generation: table.generation,
             pools,
             policies,
@@ -523,8 +523,8 @@ sources:
 default: { snat: pool-b }
 "#;
 
-    fn example() -> RouteTable {
-        RouteTable::from_yaml_str(EXAMPLE).unwrap()
+    fn example() -> RouteTableDocument {
+        RouteTableDocument::from_yaml_str(EXAMPLE).unwrap()
     }
 
     #[test]
@@ -569,7 +569,7 @@ default: { snat: pool-b }
 
     #[test]
     fn defaults_apply_when_omitted() {
-        let table = RouteTable::from_yaml_str(
+        let table = RouteTableDocument::from_yaml_str(
             "pools: [{name: p, addresses: [198.51.100.1]}]\nsources: [{cidr: 10.0.0.1, policy: x}]\n",
         )
         .unwrap();
@@ -588,7 +588,7 @@ default: { snat: pool-b }
     fn yaml_round_trip_is_lossless() {
         let table = example();
         let text = table.to_yaml_string().unwrap();
-        assert_eq!(RouteTable::from_yaml_str(&text).unwrap(), table);
+        assert_eq!(RouteTableDocument::from_yaml_str(&text).unwrap(), table);
     }
 
     #[test]
@@ -602,7 +602,7 @@ default: { snat: pool-b }
             wire.policies[0].rules[1].action.as_ref().unwrap().kind,
             Some(v1::action::Kind::Bypass(_))
         ));
-        assert_eq!(RouteTable::try_from(wire).unwrap(), table);
+        assert_eq!(RouteTableDocument::try_from(wire).unwrap(), table);
     }
 
     #[test]
@@ -615,36 +615,45 @@ default: { snat: pool-b }
             "default: {deny: x, why: y}\n",
             "pools: [{name: p, addresses: [{snat: 10.0.0.1, elastic: 1.2.3.4}]}]\n",
         ] {
-            assert!(RouteTable::from_yaml_str(text).is_err(), "accepted: {text}");
+            assert!(
+                RouteTableDocument::from_yaml_str(text).is_err(),
+                "accepted: {text}"
+            );
         }
     }
 
     #[test]
     fn malformed_actions_and_addresses_are_rejected_with_reasons() {
         let both = "policies: [{name: p, rules: [{destination: 0.0.0.0/0, snat: a, deny: b}]}]\n";
-        let error = RouteTable::from_yaml_str(both).unwrap_err().to_string();
+        let error = RouteTableDocument::from_yaml_str(both)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("only one of"), "{error}");
 
         let none = "policies: [{name: p, rules: [{destination: 0.0.0.0/0}]}]\n";
-        let error = RouteTable::from_yaml_str(none).unwrap_err().to_string();
+        let error = RouteTableDocument::from_yaml_str(none)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("an action is required"), "{error}");
 
         let bypass_false = "default: {bypass: false}\n";
-        assert!(RouteTable::from_yaml_str(bypass_false).is_err());
+        assert!(RouteTableDocument::from_yaml_str(bypass_false).is_err());
 
         let bad_cidr = "sources: [{cidr: 10.0.0.300/32, policy: p}]\n";
-        let error = RouteTable::from_yaml_str(bad_cidr).unwrap_err().to_string();
+        let error = RouteTableDocument::from_yaml_str(bad_cidr)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("10.0.0.300/32"), "{error}");
 
         let bad_ip = "pools: [{name: p, addresses: [not-an-ip]}]\n";
-        assert!(RouteTable::from_yaml_str(bad_ip).is_err());
+        assert!(RouteTableDocument::from_yaml_str(bad_ip).is_err());
     }
 
     #[test]
     fn wire_values_the_yaml_cannot_hold_name_the_field() {
         let mut wire = example().to_proto();
         wire.policies[0].rules[2].destination = "192.0.2.0/33".into();
-        let error = RouteTable::try_from(wire).unwrap_err().to_string();
+        let error = RouteTableDocument::try_from(wire).unwrap_err().to_string();
         assert!(
             error.contains("policies[0].rules[2].destination"),
             "{error}"
@@ -652,13 +661,13 @@ default: { snat: pool-b }
 
         let mut wire = example().to_proto();
         wire.pools[0].addresses[0].snat_ip = "x".into();
-        let error = RouteTable::try_from(wire).unwrap_err().to_string();
+        let error = RouteTableDocument::try_from(wire).unwrap_err().to_string();
         assert!(error.contains("pools[0].addresses[0].snat_ip"), "{error}");
 
         let mut wire = example().to_proto();
         wire.default_action = None;
         assert_eq!(
-            RouteTable::try_from(wire).unwrap().default_action,
+            RouteTableDocument::try_from(wire).unwrap().default_action,
             Action::Deny {
                 reason: DEFAULT_DENY_REASON.into()
             }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use egw_policy::{
-    ActionSpec, PolicySpec, PoolSpec, RouteTable, RouteTableSpec, RuleSpec, SourceSpec,
+    ActionSpec, CompiledRouteTable, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec,
 };
 use ipnet::Ipv4Net;
 
@@ -62,7 +62,7 @@ fn checked(
     spec: RouteTableSpec,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> RouteTableSpec {
-    match RouteTable::compile(spec.clone()) {
+    match CompiledRouteTable::compile(spec.clone()) {
         Ok(_) => spec,
         Err(error) => {
             let reason = bounded_reason(format!(

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use egw_policy::{RouteTable, RouteTableSpec};
+use egw_policy::{CompiledRouteTable, RouteTableSpec};
 use egw_proto::v1;
 use egw_proto::v1::gateway_server::{Gateway, GatewayServer};
 use tokio::sync::oneshot;
@@ -22,8 +22,8 @@ pub fn spec_from_wire(table: &v1::RouteTable) -> Result<RouteTableSpec, String> 
 }
 
 /// Compiles a wire table with the engine.
-pub fn compile_wire(table: &v1::RouteTable) -> RouteTable {
-    RouteTable::compile(spec_from_wire(table).unwrap()).unwrap()
+pub fn compile_wire(table: &v1::RouteTable) -> CompiledRouteTable {
+    CompiledRouteTable::compile(spec_from_wire(table).unwrap()).unwrap()
 }
 
 /// What a lookup decided, with pool addresses spelled out.
@@ -34,7 +34,7 @@ pub enum Verdict {
     Deny(String),
 }
 
-pub fn verdict(table: &RouteTable, source: Ipv4Addr, destination: Ipv4Addr) -> Verdict {
+pub fn verdict(table: &CompiledRouteTable, source: Ipv4Addr, destination: Ipv4Addr) -> Verdict {
     match table.lookup(source, destination) {
         egw_policy::Decision::Snat(pool) => Verdict::Snat(table.pool(pool).addresses().to_vec()),
         egw_policy::Decision::Bypass => Verdict::Bypass,
@@ -93,7 +93,8 @@ impl Gateway for RecordingService {
             ));
         }
         let spec = spec_from_wire(&table).map_err(Status::invalid_argument)?;
-        RouteTable::compile(spec).map_err(|error| Status::invalid_argument(error.to_string()))?;
+        CompiledRouteTable::compile(spec)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
         let generation = table.generation;
         state.table = Some(table);
         Ok(Response::new(v1::ApplyRouteTableResponse {

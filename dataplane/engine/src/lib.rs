@@ -24,7 +24,7 @@ pub mod packet;
 pub use checksum::ChecksumDelta;
 pub use conntrack::{FlowState, Timeouts};
 pub use counters::{Counters, DropCounters, DropReason};
-pub use egw_policy::{Decision, PoolId, RouteTable, RouteTableSpec};
+pub use egw_policy::{CompiledRouteTable, Decision, PoolId, RouteTableSpec};
 pub use frag::FragmentConfig;
 pub use packet::Protocol;
 pub use pipeline::{

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use egw_engine::FlowState;
-use egw_engine::{FlowFilter, FlowInfo, Protocol, RouteTable};
+use egw_engine::{CompiledRouteTable, FlowFilter, FlowInfo, Protocol};
 use egw_proto::v1;
 use egw_xdp::AttachMode;
 use tracing::warn;
@@ -154,7 +154,10 @@ struct AddressTotals {
 }
 
 /// Port usage per external address, summed over cores.
-fn external_ips(snapshots: &[Arc<CoreSnapshot>], table: &RouteTable) -> Vec<v1::ExternalIpStatus> {
+fn external_ips(
+    snapshots: &[Arc<CoreSnapshot>],
+    table: &CompiledRouteTable,
+) -> Vec<v1::ExternalIpStatus> {
     let mut totals: BTreeMap<Ipv4Addr, AddressTotals> = BTreeMap::new();
     for address in table.snat_addresses() {
         totals.entry(address).or_default();

@@ -41,7 +41,7 @@ pub fn read_table_file(path: &Path) -> Result<v1::RouteTable, ReloadError> {
         path: path.to_owned(),
         source,
     })?;
-    egw_proto::yaml::RouteTable::from_yaml_str(&text)
+    egw_proto::yaml::RouteTableDocument::from_yaml_str(&text)
         .map(|table| table.to_proto())
         .map_err(|source| ReloadError::Parse {
             path: path.to_owned(),

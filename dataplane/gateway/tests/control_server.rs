@@ -382,7 +382,7 @@ fn table(generation: u64, pool_ip: &str) -> v1::RouteTable {
          policies: [{{name: via-a, rules: [{{destination: 0.0.0.0/0, snat: pool-a}}]}}]\n\
          sources: [{{cidr: 10.244.1.10/32, policy: via-a}}]\n"
     );
-    egw_proto::yaml::RouteTable::from_yaml_str(&text)
+    egw_proto::yaml::RouteTableDocument::from_yaml_str(&text)
         .unwrap()
         .to_proto()
 }
@@ -1060,7 +1060,7 @@ async fn undecodable_requests_are_errors_not_crashes() {
     let channel = unix_channel(&server.socket).await;
 
     // A DrainRequest's field 1 is a string; ApplyRouteTable's field 1 is a
-    // varint, so the server cannot decode these bytes as a RouteTable.
+    // varint, so the server cannot decode these bytes as a CompiledRouteTable.
     let mut raw = tonic::client::Grpc::new(channel.clone());
     raw.ready().await.unwrap();
     let status = raw

@@ -22,7 +22,7 @@ use crate::counters::{Counters, DropReason};
 use crate::frag::{FragmentAction, Fragments};
 use crate::packet::{Parsed, Protocol};
 use crate::ports::{ExternalAddress, PortPartition};
-use egw_policy::RouteTable;
+use egw_policy::CompiledRouteTable;
 
 mod config;
 mod dispatch;
@@ -50,7 +50,7 @@ pub struct Engine {
     config: EngineConfig,
     partition: PortPartition,
     steering: KeyHasher,
-    table: Arc<RouteTable>,
+    table: Arc<CompiledRouteTable>,
     /// External addresses this core knows: those of the current table plus any still leased.
     externals: Vec<Rc<ExternalAddress>>,
     draining: HashSet<Ipv4Addr>,
@@ -100,7 +100,7 @@ impl Engine {
         Ok(Self {
             partition,
             steering: KeyHasher::new(config.steering_seed),
-            table: Arc::new(RouteTable::empty_deny_all()),
+            table: Arc::new(CompiledRouteTable::empty_deny_all()),
             externals: Vec::new(),
             draining: HashSet::new(),
             flows: FlowTable::new(
@@ -135,7 +135,7 @@ impl Engine {
     }
 
     /// Installs a new route table. Existing flows keep their mapping; new flows use `table`.
-    pub fn set_route_table(&mut self, table: Arc<RouteTable>) {
+    pub fn set_route_table(&mut self, table: Arc<CompiledRouteTable>) {
         // Keep addresses still leased by live flows; add the new table's addresses.
         self.externals.retain(|e| {
             Rc::strong_count(e) > 1 || table.snat_addresses().any(|a| a == e.address())
@@ -156,7 +156,7 @@ impl Engine {
         self.table = table;
     }
 
-    pub fn route_table(&self) -> &Arc<RouteTable> {
+    pub fn route_table(&self) -> &Arc<CompiledRouteTable> {
         &self.table
     }
 

@@ -11,7 +11,7 @@ const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const NOW: Duration = Duration::from_secs(100);
 
-fn table() -> Arc<RouteTable> {
+fn table() -> Arc<CompiledRouteTable> {
     let spec = RouteTableSpec {
         public_addresses: Default::default(),
         generation: 1,
@@ -39,7 +39,7 @@ fn table() -> Arc<RouteTable> {
             reason: "no policy".into(),
         },
     };
-    Arc::new(RouteTable::compile(spec).expect("table compiles"))
+    Arc::new(CompiledRouteTable::compile(spec).expect("table compiles"))
 }
 
 fn engine(fast_path: bool, mtu: u16) -> Engine {

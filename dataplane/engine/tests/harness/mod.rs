@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use egw_engine::{
-    DropReason, Engine, EngineConfig, FlowFilter, FlowInfo, Ingress, RouteTable, Side, Verdict,
+    CompiledRouteTable, DropReason, Engine, EngineConfig, FlowFilter, FlowInfo, Ingress, Side,
+    Verdict,
 };
 use egw_policy::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
 use egw_testkit::{Decoded, MacAddr, PacketBuilder, L4};
@@ -131,7 +132,7 @@ impl Gateway {
     }
 
     pub fn with_config(cores: u16, config: EngineConfig, spec: RouteTableSpec) -> Self {
-        let table = Arc::new(RouteTable::compile(spec).expect("valid table"));
+        let table = Arc::new(CompiledRouteTable::compile(spec).expect("valid table"));
         let engines = (0..cores)
             .map(|core| {
                 let mut e = Engine::new(EngineConfig {
@@ -152,7 +153,7 @@ impl Gateway {
     }
 
     pub fn apply(&mut self, spec: RouteTableSpec) {
-        let table = Arc::new(RouteTable::compile(spec).expect("valid table"));
+        let table = Arc::new(CompiledRouteTable::compile(spec).expect("valid table"));
         for e in &mut self.engines {
             e.set_route_table(Arc::clone(&table));
         }

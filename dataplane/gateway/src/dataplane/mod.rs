@@ -39,7 +39,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::Sender;
-use egw_engine::{FlowFilter, FlowInfo, RouteTable};
+use egw_engine::{CompiledRouteTable, FlowFilter, FlowInfo};
 use egw_natlog::{NatLogSender, NatLogStats, NatLogWriter};
 use egw_proto::v1;
 use egw_xdp::{AttachedInterface, SteeringProgram};
@@ -103,13 +103,13 @@ impl Dataplane {
     }
 
     /// The served route table.
-    pub fn route_table(&self) -> Arc<RouteTable> {
+    pub fn route_table(&self) -> Arc<CompiledRouteTable> {
         self.shared.table.load_full()
     }
 
     /// Installs a compiled table: steers its addresses first, then every worker picks it up at its
     /// next batch.
-    pub fn apply_table(&self, table: RouteTable) -> Result<(), egw_xdp::LoaderError> {
+    pub fn apply_table(&self, table: CompiledRouteTable) -> Result<(), egw_xdp::LoaderError> {
         let in_use: Vec<Ipv4Addr> = self
             .snapshots()
             .iter()
@@ -258,7 +258,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// still carrying flows.
 fn steered_addresses(
     config: &GatewayConfig,
-    table: &RouteTable,
+    table: &CompiledRouteTable,
     in_use: &[Ipv4Addr],
 ) -> Vec<Ipv4Addr> {
     let set: BTreeSet<Ipv4Addr> = config
@@ -274,8 +274,8 @@ fn steered_addresses(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use egw_policy::{ActionSpec, PoolSpec};
     use egw_engine::RouteTableSpec;
+    use egw_policy::{ActionSpec, PoolSpec};
 
     fn config() -> GatewayConfig {
         GatewayConfig::from_yaml(
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn steered_addresses_join_config_table_and_addresses_in_use() {
-        let table = RouteTable::compile(RouteTableSpec {
+        let table = CompiledRouteTable::compile(RouteTableSpec {
             public_addresses: Default::default(),
             generation: 1,
             pools: vec![PoolSpec {

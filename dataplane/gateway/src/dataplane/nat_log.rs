@@ -130,9 +130,9 @@ fn log_open_flows_as_deleted(engine: &Engine, nat_log: &NatLogSender, now: Durat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use egw_policy::{ActionSpec, PoolSpec};
-    use egw_engine::{EngineConfig, Ingress, RouteTable, RouteTableSpec, Verdict};
+    use egw_engine::{CompiledRouteTable, EngineConfig, Ingress, RouteTableSpec, Verdict};
     use egw_natlog::NatLogWriter;
+    use egw_policy::{ActionSpec, PoolSpec};
     use std::collections::BTreeSet;
     use std::net::Ipv4Addr;
     use std::sync::Arc;
@@ -144,7 +144,7 @@ mod tests {
         use egw_policy::{PolicySpec, RuleSpec, SourceSpec};
         use egw_testkit::PacketBuilder;
         const FLOWS: u16 = 5000;
-        let table = RouteTable::compile(RouteTableSpec {
+        let table = CompiledRouteTable::compile(RouteTableSpec {
             public_addresses: Default::default(),
             generation: 1,
             pools: vec![PoolSpec {

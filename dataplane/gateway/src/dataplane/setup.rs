@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::Sender;
-use egw_engine::{EngineConfig, RouteTable};
+use egw_engine::{CompiledRouteTable, EngineConfig};
 use egw_natlog::{NatLogSender, NatLogWriter};
 use egw_proto::v1;
 use egw_xdp::xsk::{self, SocketInfo, Worker, WorkerConfig};
@@ -233,9 +233,9 @@ impl Dataplane {
 /// Loads the initial route table: from the configured file, else deny everything.
 fn initial_table(
     config: &GatewayConfig,
-) -> Result<(RouteTable, Option<v1::RouteTable>), DataplaneError> {
+) -> Result<(CompiledRouteTable, Option<v1::RouteTable>), DataplaneError> {
     let Some(path) = &config.route_table_file else {
-        return Ok((RouteTable::empty_deny_all(), None));
+        return Ok((CompiledRouteTable::empty_deny_all(), None));
     };
     let display = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| DataplaneError::RouteTableFile {
@@ -246,7 +246,7 @@ fn initial_table(
         path: display.clone(),
         message,
     };
-    let wire = egw_proto::yaml::RouteTable::from_yaml_str(&text)
+    let wire = egw_proto::yaml::RouteTableDocument::from_yaml_str(&text)
         .map_err(|error| invalid(error.to_string()))?
         .to_proto();
     let table = egw_proto::spec::compile(&wire).map_err(invalid)?;
@@ -318,7 +318,7 @@ fn warn_about_unserved_queues(config: &GatewayConfig, interfaces: &Interfaces) {
 /// Loads the XDP steering program, attaches it to the served interfaces and fills its maps.
 fn attach_steering(
     config: &GatewayConfig,
-    table: &RouteTable,
+    table: &CompiledRouteTable,
     local_addresses: &[Ipv4Addr],
 ) -> Result<SteeringProgram, DataplaneError> {
     let mut program = SteeringProgram::load()?;
