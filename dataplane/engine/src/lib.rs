@@ -16,10 +16,18 @@ mod frag;
 mod pipeline;
 mod ports;
 
-// The frame parser and the in-place rewrites the pipeline uses stay public: a translation is
-// checked by undoing it with these same rewrites (`tests/properties.rs`), which only the parser's
-// own view of a frame can do; the module holds no state, so it exposes no engine internals.
-pub mod packet;
+mod packet;
+
+// The property tests undo a translation with the engine's own rewrites (`packet` is private), so
+// they live inside the crate. They share the integration tests' harness, which names the crate
+// by its public name: `extern crate self` lets that one file serve both.
+#[cfg(test)]
+extern crate self as egw_engine;
+#[cfg(test)]
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+#[cfg(test)]
+mod properties;
 
 pub use checksum::ChecksumDelta;
 pub use conntrack::{FlowState, Timeouts};

@@ -106,6 +106,8 @@ pub struct Fragmentation {
 }
 
 impl Fragmentation {
+    /// Whether this packet is a fragment at all (the parser's own tests check it).
+    #[cfg(test)]
     pub fn is_fragment(&self) -> bool {
         self.more_fragments || self.offset != 0
     }

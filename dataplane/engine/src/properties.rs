@@ -1,13 +1,11 @@
 //! Property tests: translation round trips restore the original endpoints, every checksum the
 //! engine touches equals a full recomputation, and no input makes the engine panic.
 
-mod harness;
-
 use std::net::Ipv4Addr;
 
-use egw_engine::{packet, Ingress};
+use crate::harness::*;
+use crate::{packet, Ingress};
 use egw_testkit::{Decoded, PacketBuilder, TcpFlags, L4};
-use harness::*;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
