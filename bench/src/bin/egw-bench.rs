@@ -399,7 +399,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             }
             settings.tune_host_conntrack = !no_host_tune;
             settings.progress = !quiet;
-            egw_lab::install_signal_teardown().map_err(|error| error.to_string())?;
+            egw_testbed::install_signal_teardown().map_err(|error| error.to_string())?;
             eprintln!(
                 "egw-bench: compare, about {} s",
                 settings.estimated_seconds()
