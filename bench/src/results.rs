@@ -353,3 +353,4 @@ pub fn today() -> String {
         .map_or(0, |elapsed| elapsed.as_secs());
     let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
     format!("{year:04}-{month:02}-{day:02}")
+}

@@ -11,6 +11,8 @@ use egw_testbed::{ScopedChild, Testbed};
 use crate::compare::limits::{GATEWAY_READY_TIMEOUT, RELOAD_SETTLE};
 use crate::results::{step, CompareError};
 
+/// egw-gateway started by the bench itself (not `Testbed::start_gateway`) so it can choose the
+/// worker count and the route table.
 pub(crate) struct EgwProcess {
     pub(crate) child: ScopedChild,
     pub(crate) table_path: PathBuf,

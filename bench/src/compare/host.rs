@@ -113,4 +113,3 @@ impl Drop for HostConntrack {
     }
 }
 
-/// egw-gateway started by the bench itself (not `Lab::start_gateway`) so it can choose the

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// TCP port of the receiver's listener in the connections-per-second run.
 pub const CPS_PORT: u16 = 9100;
-pub(crate) pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) const GATEWAY_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra time a generator process may take beyond its run (start-up, ARP, drain).
 pub(crate) const PROCESS_SLACK: Duration = Duration::from_secs(20);

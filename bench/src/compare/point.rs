@@ -13,26 +13,27 @@ use egw_testbed::{ScopedChild, Testbed};
 use crate::compare::limits::{
     COUNT_PER_SECOND, CPS_PORT, PROCESS_SLACK, READY_TIMEOUT, WARMUP_MAX_SECONDS,
 };
-use crate::cpu::{process_times, CpuSample, ProcessTimes};
+use crate::cpu::{process_times, CpuDelta, CpuSample, ProcessTimes};
 use crate::receive::ReceiveReport;
 use crate::results::{
     step, CompareError, CompareSettings, Contestant, LoadKind, PointResult, PointStatus,
     FIRST_DESTINATION_PORT, PORTS_PER_POINT,
 };
 
+/// One point of a contestant's sweep, with what it needs from the run around it.
 pub(crate) struct Point<'a> {
     pub(crate) lab: &'a Testbed,
-    settings: &'a CompareSettings,
-    contestant: Contestant,
-    workers: u32,
-    kind: LoadKind,
-    flows: u32,
-    frame_len: usize,
-    index: usize,
-    expected: &'a [Ipv4Addr],
-    gateway_mac: &'a str,
-    baseline: f64,
-    gateway_pid: Option<u32>,
+    pub(crate) settings: &'a CompareSettings,
+    pub(crate) contestant: Contestant,
+    pub(crate) workers: u32,
+    pub(crate) kind: LoadKind,
+    pub(crate) flows: u32,
+    pub(crate) frame_len: usize,
+    pub(crate) index: usize,
+    pub(crate) expected: &'a [Ipv4Addr],
+    pub(crate) gateway_mac: &'a str,
+    pub(crate) baseline: f64,
+    pub(crate) gateway_pid: Option<u32>,
 }
 
 impl Point<'_> {
@@ -179,20 +180,15 @@ impl Point<'_> {
         }
     }
 
-    fn run(&self) -> Result<PointResult, CompareError> {
-        let lab = self.lab;
-        let seconds = self.settings.seconds;
-        let (ready, stop, received_json) = (
-            self.file("receive.ready"),
-            self.file("receive.stop"),
-            self.file("receive.json"),
-        );
+    /// The receiver's command line: counts what arrives from the expected sources, and for the
+    /// connections point also accepts TCP.
+    fn receiver_args(&self, stop: &Path, ready: &Path, received_json: &Path) -> Vec<String> {
         let mut receiver_args: Vec<String> = vec![
             "receive".into(),
             "--interface".into(),
             HOST_IF.into(),
             "--duration".into(),
-            (seconds + PROCESS_SLACK.as_secs()).to_string(),
+            (self.settings.seconds + PROCESS_SLACK.as_secs()).to_string(),
             "--stop-file".into(),
             stop.display().to_string(),
             "--ready-file".into(),
@@ -203,14 +199,27 @@ impl Point<'_> {
         for source in self.expected {
             receiver_args.extend(["--expect-source".into(), source.to_string()]);
         }
-        let cps_target = SocketAddrV4::new(MIRROR_ADDRESS, CPS_PORT);
         if self.kind == LoadKind::Cps {
+            let cps_target = SocketAddrV4::new(MIRROR_ADDRESS, CPS_PORT);
             receiver_args.extend([
                 "--tcp-listen".into(),
                 cps_target.to_string(),
                 "--no-udp".into(),
             ]);
         }
+        receiver_args
+    }
+
+    /// Runs the point: warm-up, receiver, generators under CPU sampling, then the result.
+    pub(crate) fn run(&self) -> Result<PointResult, CompareError> {
+        let lab = self.lab;
+        let seconds = self.settings.seconds;
+        let (ready, stop, received_json) = (
+            self.file("receive.ready"),
+            self.file("receive.stop"),
+            self.file("receive.json"),
+        );
+        let receiver_args = self.receiver_args(&stop, &ready, &received_json);
         if self.settings.warmup && self.kind == LoadKind::Udp {
             // Every flow once, unmeasured, so the measured run sees established flows rather
             // than flow set-up (the receiver is not running yet, so nothing is counted).
@@ -267,9 +276,22 @@ impl Point<'_> {
                 system_seconds: after.system_seconds - before.system_seconds,
             });
         }
+        self.count_delivered(&mut result, &outputs, &received)?;
+        Self::attribute_cpu(&mut result, &cpu, self.baseline, &received);
+        Self::judge(&mut result, received);
+        Ok(result)
+    }
+
+    /// What was sent (the generators' reports) and what arrived from the right source.
+    fn count_delivered(
+        &self,
+        result: &mut PointResult,
+        outputs: &[PathBuf],
+        received: &ReceiveReport,
+    ) -> Result<(), CompareError> {
         match self.kind {
             LoadKind::Udp => {
-                for output in &outputs {
+                for output in outputs {
                     result.generators.push(Self::read_json(output)?);
                 }
                 result.sent = result.generators.iter().map(|report| report.sent).sum();
@@ -278,7 +300,7 @@ impl Point<'_> {
                 result.delivered_per_s = result.delivered as f64 / seconds;
             }
             LoadKind::Cps => {
-                for output in &outputs {
+                for output in outputs {
                     result.connectors.push(Self::read_json(output)?);
                 }
                 result.sent = result
@@ -300,28 +322,44 @@ impl Point<'_> {
             result.loss_fraction =
                 result.sent.saturating_sub(result.delivered) as f64 / result.sent as f64;
         }
-        if result.delivered > 0 {
-            let delivered = result.delivered as f64;
-            let own_busy = (cpu.busy_cpu_seconds - self.baseline * cpu.total_cpu_seconds).max(0.0);
-            result.cpu_ns_per_unit = Some(cpu.busy_cpu_seconds * 1e9 / delivered);
-            result.cpu_ns_per_unit_net = Some(own_busy * 1e9 / delivered);
-            let user: f64 = result
-                .generators
+        Ok(())
+    }
+
+    /// CPU per delivered unit: whole machine, net of the baseline, and attributed to our own
+    /// processes (see [`PointResult`]).
+    fn attribute_cpu(
+        result: &mut PointResult,
+        cpu: &CpuDelta,
+        baseline: f64,
+        received: &ReceiveReport,
+    ) {
+        if result.delivered == 0 {
+            return;
+        }
+        let delivered = result.delivered as f64;
+        let own_busy = (cpu.busy_cpu_seconds - baseline * cpu.total_cpu_seconds).max(0.0);
+        result.cpu_ns_per_unit = Some(cpu.busy_cpu_seconds * 1e9 / delivered);
+        result.cpu_ns_per_unit_net = Some(own_busy * 1e9 / delivered);
+        let user: f64 = result
+            .generators
+            .iter()
+            .map(|report| report.process.user_seconds)
+            .sum::<f64>()
+            + result
+                .connectors
                 .iter()
                 .map(|report| report.process.user_seconds)
                 .sum::<f64>()
-                + result
-                    .connectors
-                    .iter()
-                    .map(|report| report.process.user_seconds)
-                    .sum::<f64>()
-                + received.process.user_seconds
-                + result
-                    .gateway_process
-                    .map_or(0.0, |times| times.user_seconds);
-            result.cpu_ns_per_unit_attributed =
-                Some((cpu.kernel_cpu_seconds + user) * 1e9 / delivered);
-        }
+            + received.process.user_seconds
+            + result
+                .gateway_process
+                .map_or(0.0, |times| times.user_seconds);
+        result.cpu_ns_per_unit_attributed = Some((cpu.kernel_cpu_seconds + user) * 1e9 / delivered);
+    }
+
+    /// Fails the point when anything arrived from the wrong source or nothing arrived; keeps
+    /// the receiver's report.
+    fn judge(result: &mut PointResult, received: ReceiveReport) {
         let mismatches = received.source_mismatches + received.tcp_source_mismatches;
         if mismatches > 0 {
             result.note = format!(
@@ -334,6 +372,5 @@ impl Point<'_> {
             result.status = PointStatus::Failed;
         }
         result.receiver = Some(received);
-        Ok(result)
     }
 }

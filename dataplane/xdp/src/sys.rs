@@ -4,6 +4,7 @@
 //! Needed to find and remove a stale egw program left on an interface by an
 //! older run (a netlink attachment survives its process; a BPF link pinned or
 //! held by a leaked fd does too).
+#![allow(unsafe_code)] // raw netlink and bpf(2) syscalls; every block says why it is sound.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

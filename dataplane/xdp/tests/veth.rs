@@ -1,5 +1,6 @@
 //! End-to-end tests on veth pairs inside test-created network namespaces.
 //! Need root (CAP_NET_ADMIN + CAP_BPF), `ip`, `nsenter` and `bpftool`.
+#![allow(unsafe_code)] // if_nametoindex(3) to check attachments by index
 
 mod netns;
 

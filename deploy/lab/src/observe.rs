@@ -138,4 +138,3 @@ pub fn parse_upload_output(text: &str) -> Result<UploadReport> {
     })
 }
 
-#[cfg(test)]

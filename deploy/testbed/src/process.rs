@@ -17,6 +17,7 @@ pub struct ScopedChild {
     log: Option<PathBuf>,
 }
 
+impl ScopedChild {
     /// Takes charge of `child`, labelled `label` in errors, its output going to `log`.
     pub fn new(label: impl Into<String>, child: Child, log: Option<PathBuf>) -> Self {
         ScopedChild {
@@ -68,7 +69,6 @@ pub struct ScopedChild {
             Err(source) => Err(LabError::io(format!("waiting for {}", self.label), source)),
         }
     }
-}
 
     /// Waits until `ready()` holds, polling, for at most `timeout`; fails early, with its log,
     /// when the process exits first.

@@ -1,4 +1,5 @@
 //! UMEM registration and AF_XDP socket setup (ring sizing, mapping, binding).
+#![allow(unsafe_code)] // the UMEM mapping and socket set-up; every block says why it is sound.
 
 use std::io;
 use std::mem::size_of;

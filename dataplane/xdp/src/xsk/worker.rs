@@ -1,4 +1,5 @@
 //! The safe per-worker API over AF_XDP sockets and their UMEM.
+#![allow(unsafe_code)] // UMEM frame access and poll(2); every block says why it is sound.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};

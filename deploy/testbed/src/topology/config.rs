@@ -209,6 +209,7 @@ fn is_name_safe(name: &str) -> bool {
             .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
 }
 
+#[cfg(test)]
 mod tests {
     use super::*;
 
