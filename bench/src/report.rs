@@ -520,8 +520,8 @@ fn format_axis(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::{CompareSettings, MachineInfo, Profile};
     use crate::receive::ReceiveReport;
+    use crate::results::{CompareSettings, MachineInfo, Profile};
     use std::path::PathBuf;
 
     fn point(

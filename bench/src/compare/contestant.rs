@@ -69,9 +69,6 @@ pub(crate) fn run_contestant(
         eprintln!("egw-bench: {} with {workers} worker(s)", contestant.label());
     }
     let mut lab = lab_for(settings, workers)?;
-    let gw = lab.gateway_namespace();
-    let inet = lab.inet_namespace();
-    let mut egw = None;
     let expected: Vec<Ipv4Addr> = match contestant {
         Contestant::Ceiling => lab.config().pods.iter().map(|pod| pod.address).collect(),
         _ => lab
@@ -81,62 +78,19 @@ pub(crate) fn run_contestant(
             .map(|pod| lab.config().pool_address(&pod.pool))
             .collect::<Result<_, _>>()?,
     };
-    match contestant {
+    let mut egw = match contestant {
         Contestant::Kernel => {
-            lab.start_gateway(Gateway::Kernel)?;
-            let needed = conntrack_needed(settings);
-            let host_max = sysctl_read("net.netfilter.nf_conntrack_max").unwrap_or(needed);
-            let wanted = needed.min(host_max);
-            let set = lab.run_in(
-                &gw,
-                "sysctl",
-                &[
-                    "-q".to_owned(),
-                    "-w".to_owned(),
-                    format!("net.netfilter.nf_conntrack_max={wanted}"),
-                ],
-                Duration::from_secs(20),
-            );
-            let actual =
-                read_in(&lab, &gw, "/proc/sys/net/netfilter/nf_conntrack_max").unwrap_or_default();
-            let buckets = read_in(&lab, &gw, "/proc/sys/net/netfilter/nf_conntrack_buckets")
-                .unwrap_or_default();
-            notes.push(format!(
-                "kernel: gateway namespace nf_conntrack_max={actual} (wanted {needed}{}), buckets={buckets}; GRO gw-in: {}; gw-out: {}",
-                set.err().map(|error| format!("; setting failed: {error}")).unwrap_or_default(),
-                offload_state(&lab, &gw, GW_INSIDE_IF),
-                offload_state(&lab, &gw, "gw-out"),
-            ));
+            start_kernel(&mut lab, settings, notes)?;
+            None
         }
         Contestant::Egw | Contestant::Ceiling => {
             let binary = gateway_bin.ok_or_else(|| step("egw-gateway", "binary not found"))?;
-            let table = (contestant == Contestant::Ceiling).then(bypass_route_table);
-            if contestant == Contestant::Ceiling {
-                lab.run_in(
-                    &inet,
-                    "ip",
-                    &[
-                        "route",
-                        "add",
-                        POD_CIDR,
-                        "via",
-                        &GW_OUTSIDE_ADDRESS.to_string(),
-                    ]
-                    .map(str::to_owned),
-                    Duration::from_secs(20),
-                )?;
-            }
-            let capacity = conntrack_needed(settings);
-            let process = EgwProcess::start(&lab, binary, workers, capacity, table)?;
-            notes.push(format!(
-                "{}: egw-gateway workers={workers}, conntrack capacity_per_core={capacity}, route table {}; GRO gw-in: {}",
-                contestant.label(),
-                process.table_path.display(),
-                offload_state(&lab, &gw, GW_INSIDE_IF)
-            ));
-            egw = Some(process);
+            Some(start_egw(
+                &lab, settings, contestant, workers, binary, notes,
+            )?)
         }
-    }
+    };
+    let gw = lab.gateway_namespace();
     let gateway_mac = read_in(&lab, &gw, &format!("/sys/class/net/{GW_INSIDE_IF}/address"))?;
     let baseline = {
         let before = CpuSample::now()?;
@@ -151,7 +105,6 @@ pub(crate) fn run_contestant(
         if let Some(process) = egw.as_mut() {
             process.check_alive()?;
         }
-        let gateway_pid = egw.as_ref().map(|process| process.child.id());
         let point = Point {
             lab: &lab,
             settings,
@@ -164,46 +117,129 @@ pub(crate) fn run_contestant(
             expected: &expected,
             gateway_mac: &gateway_mac,
             baseline,
-            gateway_pid,
+            gateway_pid: egw.as_ref().map(|process| process.child.id()),
         };
-        let mut result = point.run().unwrap_or_else(|error| {
-            let mut failed = PointResult::skipped(
-                contestant,
-                workers,
-                kind,
-                flows,
-                frame_len,
-                PointStatus::Failed,
-                &error.to_string(),
-            );
-            failed.baseline_utilisation = baseline;
-            failed
-        });
-        if result.status == PointStatus::Failed {
-            if let Some(process) = egw.as_ref() {
-                result.note = format!(
-                    "{}; egw-gateway log tail: {}",
-                    result.note,
-                    strip_ansi(&process.child.log_tail(1500))
-                );
-            }
-        }
+        let result = run_point(&point, egw.as_ref());
         if settings.progress {
-            eprintln!(
-                "egw-bench: {:<7} {:?} flows={:<8} size={:<5} -> {:.0}/s delivered, loss {:.2}%, cpu {} ns/unit{}",
-                contestant.label(),
-                kind,
-                flows,
-                frame_len,
-                result.delivered_per_s,
-                result.loss_fraction * 100.0,
-                result.cpu_ns_per_unit_attributed.map_or("-".to_owned(), |ns| format!("{ns:.0}")),
-                if result.note.is_empty() { String::new() } else { format!(" ({})", result.note) }
-            );
+            report_progress(contestant, &result);
         }
         results.push(result);
     }
     drop(egw);
     lab.teardown()?;
     Ok(results)
+}
+
+/// The kernel contestant: nftables SNAT, conntrack sized for the sweep (as far as the host
+/// allows); notes what it got.
+fn start_kernel(
+    lab: &mut Testbed,
+    settings: &CompareSettings,
+    notes: &mut Vec<String>,
+) -> Result<(), CompareError> {
+    let gw = lab.gateway_namespace();
+    lab.start_gateway(Gateway::Kernel)?;
+    let needed = conntrack_needed(settings);
+    let host_max = sysctl_read("net.netfilter.nf_conntrack_max").unwrap_or(needed);
+    let wanted = needed.min(host_max);
+    let set = lab.run_in(
+        &gw,
+        "sysctl",
+        &[
+            "-q".to_owned(),
+            "-w".to_owned(),
+            format!("net.netfilter.nf_conntrack_max={wanted}"),
+        ],
+        Duration::from_secs(20),
+    );
+    let actual = read_in(lab, &gw, "/proc/sys/net/netfilter/nf_conntrack_max").unwrap_or_default();
+    let buckets =
+        read_in(lab, &gw, "/proc/sys/net/netfilter/nf_conntrack_buckets").unwrap_or_default();
+    notes.push(format!(
+        "kernel: gateway namespace nf_conntrack_max={actual} (wanted {needed}{}), buckets={buckets}; GRO gw-in: {}; gw-out: {}",
+        set.err().map(|error| format!("; setting failed: {error}")).unwrap_or_default(),
+        offload_state(lab, &gw, GW_INSIDE_IF),
+        offload_state(lab, &gw, "gw-out"),
+    ));
+    Ok(())
+}
+
+/// The egw and ceiling contestants: egw-gateway with the lab's table (egw) or one that
+/// bypasses everything (ceiling, which also needs a route back to the pods); notes its set-up.
+fn start_egw(
+    lab: &Testbed,
+    settings: &CompareSettings,
+    contestant: Contestant,
+    workers: u32,
+    binary: &Path,
+    notes: &mut Vec<String>,
+) -> Result<EgwProcess, CompareError> {
+    let table = (contestant == Contestant::Ceiling).then(bypass_route_table);
+    if contestant == Contestant::Ceiling {
+        lab.run_in(
+            &lab.inet_namespace(),
+            "ip",
+            &[
+                "route",
+                "add",
+                POD_CIDR,
+                "via",
+                &GW_OUTSIDE_ADDRESS.to_string(),
+            ]
+            .map(str::to_owned),
+            Duration::from_secs(20),
+        )?;
+    }
+    let capacity = conntrack_needed(settings);
+    let process = EgwProcess::start(lab, binary, workers, capacity, table)?;
+    notes.push(format!(
+        "{}: egw-gateway workers={workers}, conntrack capacity_per_core={capacity}, route table {}; GRO gw-in: {}",
+        contestant.label(),
+        process.table_path.display(),
+        offload_state(lab, &lab.gateway_namespace(), GW_INSIDE_IF)
+    ));
+    Ok(process)
+}
+
+/// Runs one point; a point that fails becomes a failed result (with egw-gateway's log tail)
+/// instead of ending the contestant.
+fn run_point(point: &Point<'_>, egw: Option<&EgwProcess>) -> PointResult {
+    let mut result = point.run().unwrap_or_else(|error| {
+        let mut failed = PointResult::skipped(
+            point.contestant,
+            point.workers,
+            point.kind,
+            point.flows,
+            point.frame_len,
+            PointStatus::Failed,
+            &error.to_string(),
+        );
+        failed.baseline_utilisation = point.baseline;
+        failed
+    });
+    if result.status == PointStatus::Failed {
+        if let Some(process) = egw {
+            result.note = format!(
+                "{}; egw-gateway log tail: {}",
+                result.note,
+                strip_ansi(&process.child.log_tail(1500))
+            );
+        }
+    }
+    result
+}
+
+/// One line on stderr per finished point.
+fn report_progress(contestant: Contestant, result: &PointResult) {
+    eprintln!(
+        "egw-bench: {:<7} {:?} flows={:<8} size={:<5} -> {:.0}/s delivered, loss {:.2}%, cpu {} ns/unit{}",
+        contestant.label(),
+        result.kind,
+        result.flows,
+        result.frame_len,
+        result.delivered_per_s,
+        result.loss_fraction * 100.0,
+        result.cpu_ns_per_unit_attributed.map_or("-".to_owned(), |ns| format!("{ns:.0}")),
+        if result.note.is_empty() { String::new() } else { format!(" ({})", result.note) }
+    );
 }

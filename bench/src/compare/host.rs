@@ -112,4 +112,3 @@ impl Drop for HostConntrack {
         let _ = fs::remove_file(HOST_CONNTRACK_STATE);
     }
 }
-

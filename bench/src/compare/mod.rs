@@ -29,7 +29,6 @@ use contestant::run_contestant;
 use host::{restore_stale_host_conntrack, HostConntrack};
 use plan::{conntrack_needed, planned_points};
 
-
 /// Runs every contestant and writes the results into `settings.out_dir`.
 pub fn run(settings: &CompareSettings) -> Result<(CompareReport, Outputs), CompareError> {
     settings.validate()?;

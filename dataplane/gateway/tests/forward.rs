@@ -47,7 +47,8 @@ struct TestNet {
 impl TestNet {
     fn new() -> Self {
         let id = egw_netns::namespace::unique_name("egwg");
-        let guards = ["pod", "gw", "inet"].map(|role| Netns::create(format!("{id}-{role}")).unwrap());
+        let guards =
+            ["pod", "gw", "inet"].map(|role| Netns::create(format!("{id}-{role}")).unwrap());
         let [pod, gw, inet] = guards.each_ref().map(|netns| netns.name().to_owned());
         let end = |namespace, name| End { namespace, name };
         link::add_veth(end(&gw, "gw-in"), end(&pod, "pod0"), Some(2)).unwrap();
@@ -71,9 +72,35 @@ impl TestNet {
             // Frames the kernel sends with a partial checksum would reach AF_XDP unfinished.
             link::disable_tx_offload(ns, dev).unwrap();
         }
-        run(&["ip", "-n", &pod, "route", "add", "default", "via", "10.244.0.1"]);
-        run(&["ip", "-n", &inet, "route", "add", "198.51.100.0/24", "via", "203.0.113.1"]);
-        run(&["ip", "netns", "exec", &gw, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        run(&[
+            "ip",
+            "-n",
+            &pod,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.244.0.1",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &inet,
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            "203.0.113.1",
+        ]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &gw,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
         TestNet {
             pod,
             gw,

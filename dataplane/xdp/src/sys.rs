@@ -124,8 +124,12 @@ fn transact(request: &[u8]) -> io::Result<Vec<u8>> {
         ));
     }
     let short = || io::Error::new(io::ErrorKind::InvalidData, "short netlink reply");
-    let message_len = bytes_at(&buf, 0).map(u32::from_ne_bytes).ok_or_else(short)? as usize;
-    let message_type = bytes_at(&buf, 4).map(u16::from_ne_bytes).ok_or_else(short)?;
+    let message_len = bytes_at(&buf, 0)
+        .map(u32::from_ne_bytes)
+        .ok_or_else(short)? as usize;
+    let message_type = bytes_at(&buf, 4)
+        .map(u16::from_ne_bytes)
+        .ok_or_else(short)?;
     let end = message_len.min(buf.len());
     let payload = buf.get(NLMSG_HDR_LEN..end).ok_or_else(short)?.to_vec();
     if message_type == libc::NLMSG_ERROR as u16 {

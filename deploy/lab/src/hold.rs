@@ -77,7 +77,6 @@ impl TcpHold {
     }
 }
 
-
 impl Lab {
     /// Opens one TCP connection from `pod` and keeps it for repeated queries.
     pub fn tcp_hold(&self, pod: &str) -> Result<TcpHold> {

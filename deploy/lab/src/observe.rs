@@ -5,7 +5,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::thread;
 use std::time::Duration;
 
-use egw_testbed::topology::{mirror_tcp, mirror_udp, MIRROR_ADDRESS, PROBE_TIMEOUT, UPLOAD_TIMEOUT};
+use egw_testbed::topology::{
+    mirror_tcp, mirror_udp, MIRROR_ADDRESS, PROBE_TIMEOUT, UPLOAD_TIMEOUT,
+};
 use egw_testbed::{LabError, Result};
 
 use crate::lab::Lab;
@@ -137,4 +139,3 @@ pub fn parse_upload_output(text: &str) -> Result<UploadReport> {
         output: text.to_owned(),
     })
 }
-

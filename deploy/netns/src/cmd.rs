@@ -58,7 +58,10 @@ pub fn run(mut command: Command, timeout: Duration) -> Result<CommandOutput> {
         }
         Err(source) => {
             kill_and_reap(&mut child);
-            return Err(NetnsError::io(format!("waiting for `{description}`"), source));
+            return Err(NetnsError::io(
+                format!("waiting for `{description}`"),
+                source,
+            ));
         }
     };
     let stdout = stdout_reader.join().unwrap_or_default();

@@ -9,11 +9,20 @@ use egw_netns::{in_netns, namespace, Netns};
 
 #[test]
 fn veth_pair_carries_a_datagram_and_drop_removes_the_namespaces() {
-    let (a, b) = (Netns::unique("egwn-a").unwrap(), Netns::unique("egwn-b").unwrap());
+    let (a, b) = (
+        Netns::unique("egwn-a").unwrap(),
+        Netns::unique("egwn-b").unwrap(),
+    );
     assert_ne!(a.name(), b.name());
     link::add_veth(
-        End { namespace: a.name(), name: "va" },
-        End { namespace: b.name(), name: "vb" },
+        End {
+            namespace: a.name(),
+            name: "va",
+        },
+        End {
+            namespace: b.name(),
+            name: "vb",
+        },
         Some(2),
     )
     .unwrap();
@@ -21,13 +30,18 @@ fn veth_pair_carries_a_datagram_and_drop_removes_the_namespaces() {
     link::add_address(b.name(), "vb", "10.99.0.2/24").unwrap();
     link::set_up(a.name(), "va").unwrap();
     link::set_up(b.name(), "vb").unwrap();
-    assert!(a.ip(&["-d", "link", "show", "dev", "va"]).unwrap().contains("numtxqueues 2"));
+    assert!(a
+        .ip(&["-d", "link", "show", "dev", "va"])
+        .unwrap()
+        .contains("numtxqueues 2"));
     let mac = link::mac(b.name(), "vb").unwrap();
     assert_ne!(mac, [0; 6]);
 
     let receiver = in_netns(b.name(), || {
         let socket = UdpSocket::bind((Ipv4Addr::new(10, 99, 0, 2), 9999)).unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         socket
     })
     .unwrap();

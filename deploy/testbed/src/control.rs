@@ -250,7 +250,6 @@ impl Testbed {
         Ok(())
     }
 
-
     /// The route table the gateway serves, in the YAML form `egwctl routes get -o yaml` prints.
     pub fn served_table(&self) -> Result<String> {
         self.egwctl(&["-o", "yaml", "routes", "get"])
@@ -266,7 +265,6 @@ impl Testbed {
         })?;
         Ok(table.generation)
     }
-
 }
 
 impl Testbed {

@@ -314,7 +314,8 @@ mod tests {
 
     /// The lab's table before it used `egw_proto::yaml`'s types: the gateway must read the
     /// same table from what the lab writes now.
-    const LAB_TABLE_BEFORE: &str = "generation: 1\npools:\n- name: pool-a\n  addresses:\n  - 198.51.100.1\n\
+    const LAB_TABLE_BEFORE: &str =
+        "generation: 1\npools:\n- name: pool-a\n  addresses:\n  - 198.51.100.1\n\
              - name: pool-b\n  addresses:\n  - 198.51.100.2\npolicies:\n- name: via-a\n  rules:\n\
              \x20 - destination: 0.0.0.0/0\n    snat: pool-a\n- name: via-b\n  rules:\n\
              \x20 - destination: 0.0.0.0/0\n    snat: pool-b\nsources:\n\

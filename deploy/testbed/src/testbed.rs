@@ -15,9 +15,7 @@ use crate::active::ActiveGateway;
 use crate::error::{LabError, Result};
 use crate::process::ScopedChild;
 use crate::topology::build::{self, Names};
-use crate::topology::cleanup::{
-    remove_namespace, remove_namespaces_with_prefix, require_root,
-};
+use crate::topology::cleanup::{remove_namespace, remove_namespaces_with_prefix, require_root};
 use crate::topology::config::{LabConfig, LAB_PREFIX_ROOT};
 use crate::topology::signals::{register_prefix, unregister_prefix};
 

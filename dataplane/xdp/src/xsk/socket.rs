@@ -119,7 +119,10 @@ impl UmemArea {
         let Some(end) = offset.checked_add(len) else {
             return false;
         };
-        match (target_bytes.get_mut(offset..end), source_bytes.get(offset..end)) {
+        match (
+            target_bytes.get_mut(offset..end),
+            source_bytes.get(offset..end),
+        ) {
             (Some(target), Some(source)) => {
                 target.copy_from_slice(source);
                 true

@@ -658,7 +658,11 @@ impl Worker {
         // from the free list). A live `FrameDesc` means userspace owns the
         // frame: it is unique (not Clone) and is consumed when the frame goes
         // back to the kernel. `&mut self` makes the returned slice exclusive.
-        unsafe { self.pool_mut(usize::from(desc.umem)).area.frame_mut(desc.base) }
+        unsafe {
+            self.pool_mut(usize::from(desc.umem))
+                .area
+                .frame_mut(desc.base)
+        }
     }
 
     /// The packet bytes of `desc`, read-only: lets a caller look at a whole batch at once

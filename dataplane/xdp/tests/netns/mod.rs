@@ -41,8 +41,8 @@ impl TestNet {
         let id = egw_netns::namespace::unique_name("egwx");
         // Each guard exists as soon as its namespace does, so a failure half-way still deletes
         // whatever was created.
-        let guards = ["gw", "pod", "ext"]
-            .map(|role| Netns::create(format!("{id}-{role}")).unwrap());
+        let guards =
+            ["gw", "pod", "ext"].map(|role| Netns::create(format!("{id}-{role}")).unwrap());
         let [gw, pod, ext] = guards.each_ref().map(|netns| netns.name().to_owned());
         let end = |namespace, name| End { namespace, name };
         link::add_veth(end(&gw, "gw0"), end(&pod, "pod0"), None).unwrap();
@@ -59,7 +59,16 @@ impl TestNet {
         for (ns, dev) in [(&gw, "gw0"), (&gw, "gw1"), (&pod, "pod0"), (&ext, "ext0")] {
             link::set_up(ns, dev).unwrap();
         }
-        run(&["ip", "-n", &pod, "route", "add", "10.77.1.0/24", "via", "10.77.0.1"]);
+        run(&[
+            "ip",
+            "-n",
+            &pod,
+            "route",
+            "add",
+            "10.77.1.0/24",
+            "via",
+            "10.77.0.1",
+        ]);
         TestNet {
             gw,
             pod,

@@ -12,8 +12,8 @@ use egw_netns::namespace::{self, ip_in};
 use crate::error::Result;
 use crate::topology::config::{
     Arms, LabConfig, BRIDGE, GW_INSIDE_ADDRESS, GW_INSIDE_IF, GW_OUTSIDE_ADDRESS, GW_OUTSIDE_IF,
-    GW_SWITCH_PORT, HOST_IF, INET_ROUTER_ADDRESS, INET_SWITCH_PORT, MIRROR_ADDRESS,
-    POD_PREFIX_LEN, SNAT_CIDR, TRANSIT_PREFIX_LEN,
+    GW_SWITCH_PORT, HOST_IF, INET_ROUTER_ADDRESS, INET_SWITCH_PORT, MIRROR_ADDRESS, POD_PREFIX_LEN,
+    SNAT_CIDR, TRANSIT_PREFIX_LEN,
 };
 
 /// The names of a lab's fixed namespaces, derived from its prefix.
