@@ -36,6 +36,10 @@ fn path_arg(path: &Path) -> String {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario on one lab: UDP load, then TCP connections, each checked end to end"
+)]
 fn udp_and_tcp_load_arrive_translated() {
     let mut lab = Testbed::build(LabConfig::new(1, PathBuf::from(BENCH)).unwrap()).unwrap();
     lab.start_gateway(Gateway::Kernel).unwrap();

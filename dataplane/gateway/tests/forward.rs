@@ -290,6 +290,10 @@ async fn control_calls(path: PathBuf) -> ControlResults {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario: start, traffic, control calls, reload and shutdown of one gateway process, checked in order"
+)]
 fn pod_udp_is_snatted_and_the_reply_comes_back() {
     let net = TestNet::new();
     let dir = tempfile::tempdir().unwrap();
