@@ -5,7 +5,7 @@
 //!   while a test unwinds from a panic; [`Netns::unique`] names it uniquely per process and
 //!   per call, so tests running in parallel, and two suites running at once, never collide.
 //! - [`link`]: veth pairs, addresses and MACs, via iproute2.
-//! - [`enter`]: run a closure on a thread that has entered a namespace (setns).
+//! - [`mod@enter`]: run a closure on a thread that has entered a namespace (setns).
 //! - [`cmd`]: external commands with a hard time bound, and errors that quote the command line.
 //!
 //! Traffic only ever flows inside the namespaces a test created.

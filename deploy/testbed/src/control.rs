@@ -192,7 +192,7 @@ impl Testbed {
     }
 
     /// egw-gateway's `/metrics` text, fetched inside the gateway namespace (needs
-    /// [`LabConfig::egw_observability`]).
+    /// [`LabConfig::egw_observability`](crate::LabConfig::egw_observability)).
     pub fn egw_metrics(&self) -> Result<String> {
         self.egw_http_get("/metrics")
     }
@@ -220,7 +220,7 @@ impl Testbed {
             .stdout)
     }
 
-    /// Where egw-gateway writes its NAT event log (with [`LabConfig::egw_observability`]).
+    /// Where egw-gateway writes its NAT event log (with [`LabConfig::egw_observability`](crate::LabConfig::egw_observability)).
     pub fn egw_nat_log_dir(&self) -> PathBuf {
         self.workdir().join(gateway::EGW_NAT_LOG_DIR)
     }

@@ -84,8 +84,8 @@ pub struct LabConfig {
     /// RX/TX queues of the gateway's veths: one egw-gateway worker serves each queue, so a
     /// multi-worker run needs as many queues as workers.
     pub gateway_queues: u16,
-    /// egw only: serve `/metrics` on [`gateway::EGW_METRICS_LISTEN`] in the gateway namespace and
-    /// write the NAT event log to `<workdir>/`[`gateway::EGW_NAT_LOG_DIR`]. Off by default.
+    /// egw only: serve `/metrics` on [`gateway::EGW_METRICS_LISTEN`](crate::gateway::EGW_METRICS_LISTEN) in the gateway namespace and
+    /// write the NAT event log to `<workdir>/`[`gateway::EGW_NAT_LOG_DIR`](crate::gateway::EGW_NAT_LOG_DIR). Off by default.
     pub egw_observability: bool,
 }
 
