@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use egw_xdp::xsk::{FrameSize, Side, TxStatus, Worker, WorkerConfig, XskError};
+use egw_xdp::xsk::{FrameDesc, FrameSize, Side, TxStatus, Worker, WorkerConfig, XskError};
 use serde::{Deserialize, Serialize};
 
 use crate::cpu::{self, ProcessTimes};
@@ -180,14 +180,9 @@ fn check_bounds(duration: Duration, count: u64) -> Result<(), GenerateError> {
     Ok(())
 }
 
-/// Sends UDP until `count` packets or `duration`, whichever comes first.
-pub fn run_udp(settings: &UdpSettings) -> Result<UdpReport, GenerateError> {
-    check_bounds(settings.duration, settings.count)?;
-    if settings.rate == Some(0) {
-        return Err(GenerateError::Config(
-            "rate must be positive (omit it for maximum)".to_owned(),
-        ));
-    }
+/// The source address (given, or the one routing picks) and the frame template: MACs from the
+/// interface and the next hop (given, or resolved from the default gateway).
+fn udp_template(settings: &UdpSettings) -> Result<(Ipv4Addr, Template), GenerateError> {
     let source = match settings.source {
         Some(source) => source,
         None => netinfo::source_address_towards(settings.destination)?,
@@ -206,6 +201,47 @@ pub fn run_udp(settings: &UdpSettings) -> Result<UdpReport, GenerateError> {
         dst_ip: settings.destination,
         frame_len: settings.frame_len,
     })?;
+    Ok((source, template))
+}
+
+/// Writes the template, stamped, into `desc`'s frame at its packet offset.
+fn fill_frame(
+    worker: &mut Worker,
+    desc: &mut FrameDesc,
+    template: &Template,
+    stamp: &Stamp,
+) -> Result<(), GenerateError> {
+    let offset = desc.offset();
+    let frame = worker.frame_mut(desc);
+    let Some(room) = frame.get_mut(offset..) else {
+        return Err(GenerateError::Frame {
+            len: template.len(),
+            detail: format!("offset {offset} beyond the frame"),
+        });
+    };
+    if room.len() < template.len() {
+        return Err(GenerateError::Frame {
+            len: template.len(),
+            detail: format!("{} bytes of room", room.len()),
+        });
+    }
+    let len = template.write(room, stamp);
+    desc.set_packet(offset, len)
+        .map_err(|error| GenerateError::Frame {
+            len,
+            detail: error.to_string(),
+        })
+}
+
+/// Sends UDP until `count` packets or `duration`, whichever comes first.
+pub fn run_udp(settings: &UdpSettings) -> Result<UdpReport, GenerateError> {
+    check_bounds(settings.duration, settings.count)?;
+    if settings.rate == Some(0) {
+        return Err(GenerateError::Config(
+            "rate must be positive (omit it for maximum)".to_owned(),
+        ));
+    }
+    let (source, template) = udp_template(settings)?;
     let config = WorkerConfig {
         frame_size: FrameSize::Bytes2048,
         frame_count: 4096,
@@ -246,7 +282,6 @@ pub fn run_udp(settings: &UdpSettings) -> Result<UdpReport, GenerateError> {
                 worker.flush();
                 continue 'send;
             };
-            let offset = desc.offset();
             let (src_port, dst_port) = plan.ports(sent + dropped);
             let stamp = Stamp {
                 src_port,
@@ -254,25 +289,7 @@ pub fn run_udp(settings: &UdpSettings) -> Result<UdpReport, GenerateError> {
                 sequence: sent + dropped,
                 sent_ns: monotonic_ns(),
             };
-            let frame = worker.frame_mut(&desc);
-            let Some(room) = frame.get_mut(offset..) else {
-                return Err(GenerateError::Frame {
-                    len: template.len(),
-                    detail: format!("offset {offset} beyond the frame"),
-                });
-            };
-            if room.len() < template.len() {
-                return Err(GenerateError::Frame {
-                    len: template.len(),
-                    detail: format!("{} bytes of room", room.len()),
-                });
-            }
-            let len = template.write(room, &stamp);
-            desc.set_packet(offset, len)
-                .map_err(|error| GenerateError::Frame {
-                    len,
-                    detail: error.to_string(),
-                })?;
+            fill_frame(&mut worker, &mut desc, &template, &stamp)?;
             match worker.transmit(Side::Inside, desc) {
                 TxStatus::Queued => sent += 1,
                 _ => dropped += 1,

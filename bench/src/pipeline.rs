@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use egw_engine::ChecksumDelta;
-use egw_engine::{Engine, EngineConfig, Ingress, RouteTable, Verdict};
+use egw_engine::{CompiledRouteTable, Engine, EngineConfig, Ingress, Verdict};
 use egw_policy::{ActionSpec, PolicySpec, PoolSpec, RouteTableSpec, RuleSpec, SourceSpec};
 use egw_testkit::{MacAddr, PacketBuilder};
 use serde::Serialize;
@@ -82,7 +82,7 @@ pub struct Report {
     pub unix_time: u64,
 }
 
-fn table() -> Result<Arc<RouteTable>, BenchError> {
+fn table() -> Result<Arc<CompiledRouteTable>, BenchError> {
     let addresses = (1..=EXTERNALS)
         .map(|i| Ipv4Addr::new(198, 51, 100, i))
         .collect();
@@ -117,7 +117,7 @@ fn table() -> Result<Arc<RouteTable>, BenchError> {
             reason: "no policy".into(),
         },
     };
-    Ok(Arc::new(RouteTable::compile(spec)?))
+    Ok(Arc::new(CompiledRouteTable::compile(spec)?))
 }
 
 fn engine(capacity: u32) -> Result<Engine, BenchError> {

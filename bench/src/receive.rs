@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use egw_xdp::xsk::{FrameDesc, FrameSize, Side, Worker, WorkerConfig, XskError};
 use egw_xdp::{AttachMode, InterfaceRole, InterfaceSpec, LoaderError, SteeringProgram};
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::cpu::{self, ProcessTimes};
@@ -178,8 +179,116 @@ fn open_tcp(address: SocketAddrV4) -> Result<std::net::TcpListener, ReceiveError
     Ok(socket.into())
 }
 
-/// Receives until a stop condition; see [`ReceiveSettings`].
-pub fn run(settings: &ReceiveSettings) -> Result<ReceiveReport, ReceiveError> {
+/// What arrives, as it arrives: latency and inter-arrival histograms and the first and last
+/// arrival of each kind, folded into the report at the end.
+struct Tally {
+    latency: Histogram<u64>,
+    inter_arrival: Histogram<u64>,
+    first_ns: u64,
+    last_ns: u64,
+    tcp_first: Option<Instant>,
+    tcp_last: Option<Instant>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            latency: stats::new_histogram(),
+            inter_arrival: stats::new_histogram(),
+            first_ns: 0,
+            last_ns: 0,
+            tcp_first: None,
+            tcp_last: None,
+        }
+    }
+
+    /// Takes one batch off the UDP socket; returns how many frames arrived.
+    fn udp_batch(
+        &mut self,
+        side: &mut UdpSide,
+        batch: &mut Vec<FrameDesc>,
+        report: &mut ReceiveReport,
+        expected: &[Ipv4Addr],
+    ) -> usize {
+        let received = side.worker.rx_batch(Side::Inside, batch, RX_BATCH);
+        for desc in batch.drain(..) {
+            let now = monotonic_ns();
+            let stamped = wire::parse(side.worker.packet_mut(&desc))
+                .and_then(|packet| packet.stamp.map(|stamp| (packet.src_ip, stamp)));
+            if let Some((src_ip, (sequence, sent_ns))) = stamped {
+                if report.packets == 0 {
+                    self.first_ns = now;
+                } else {
+                    stats::record(&mut self.inter_arrival, now.saturating_sub(self.last_ns));
+                }
+                self.last_ns = now;
+                report.packets += 1;
+                report.bytes += desc.len() as u64;
+                report.sequence_span = report.sequence_span.max(sequence + 1);
+                stats::record(&mut self.latency, now.saturating_sub(sent_ns));
+                if !expected.is_empty() && !expected.contains(&src_ip) {
+                    report.source_mismatches += 1;
+                    report
+                        .first_mismatch
+                        .get_or_insert_with(|| src_ip.to_string());
+                }
+            } else {
+                report.foreign += 1;
+            }
+            side.worker.recycle(desc);
+        }
+        side.worker.flush();
+        received
+    }
+
+    /// Accepts (and closes) every pending connection; returns how many.
+    fn accept_tcp(
+        &mut self,
+        listener: &std::net::TcpListener,
+        report: &mut ReceiveReport,
+        expected: &[Ipv4Addr],
+    ) -> usize {
+        let mut accepted = 0;
+        while let Ok((stream, peer)) = listener.accept() {
+            let now = Instant::now();
+            self.tcp_first.get_or_insert(now);
+            self.tcp_last = Some(now);
+            report.tcp_accepted += 1;
+            accepted += 1;
+            let from = match peer {
+                SocketAddr::V4(peer) => Some(*peer.ip()),
+                SocketAddr::V6(_) => None,
+            };
+            if !expected.is_empty() && !from.is_some_and(|from| expected.contains(&from)) {
+                report.tcp_source_mismatches += 1;
+                report
+                    .first_mismatch
+                    .get_or_insert_with(|| peer.ip().to_string());
+            }
+            drop(stream);
+        }
+        accepted
+    }
+
+    /// Rates, percentiles and durations into `report`.
+    fn finish(self, report: &mut ReceiveReport) {
+        report.seconds = self.last_ns.saturating_sub(self.first_ns) as f64 / 1e9;
+        if report.seconds > 0.0 {
+            report.pps = report.packets as f64 / report.seconds;
+            report.gbit_per_s = report.bytes as f64 * 8.0 / report.seconds / 1e9;
+        }
+        report.latency = Percentiles::of(&self.latency);
+        report.inter_arrival = Percentiles::of(&self.inter_arrival);
+        if let (Some(first), Some(last)) = (self.tcp_first, self.tcp_last) {
+            report.tcp_seconds = last.duration_since(first).as_secs_f64();
+            if report.tcp_seconds > 0.0 {
+                report.connections_per_s = report.tcp_accepted as f64 / report.tcp_seconds;
+            }
+        }
+    }
+}
+
+fn validate(settings: &ReceiveSettings) -> Result<(), ReceiveError> {
     if settings.duration.is_zero() || settings.duration > MAX_DURATION {
         return Err(ReceiveError::Config(format!(
             "duration must be in (0, {}s]",
@@ -191,6 +300,32 @@ pub fn run(settings: &ReceiveSettings) -> Result<ReceiveReport, ReceiveError> {
             "nothing to receive: enable UDP or --tcp-listen".to_owned(),
         ));
     }
+    Ok(())
+}
+
+/// Whether to stop: the duration is up, the expected count arrived, the sender went idle, or
+/// the stop file was seen and arrivals have drained.
+fn finished(
+    settings: &ReceiveSettings,
+    report: &ReceiveReport,
+    start: Instant,
+    last_activity: Instant,
+    stop_seen: Option<Instant>,
+) -> bool {
+    let arrived = report.packets + report.tcp_accepted;
+    start.elapsed() >= settings.duration
+        || settings.expect_count.is_some_and(|count| arrived >= count)
+        || settings
+            .idle_exit
+            .is_some_and(|idle| arrived > 0 && last_activity.elapsed() >= idle)
+        || stop_seen.is_some_and(|seen| {
+            seen.elapsed() >= DRAIN_AFTER_STOP && last_activity.elapsed() >= POLL_INTERVAL
+        })
+}
+
+/// Receives until a stop condition; see [`ReceiveSettings`].
+pub fn run(settings: &ReceiveSettings) -> Result<ReceiveReport, ReceiveError> {
+    validate(settings)?;
     let mut report = ReceiveReport {
         interface: settings.interface.clone(),
         expected_sources: settings
@@ -213,72 +348,20 @@ pub fn run(settings: &ReceiveSettings) -> Result<ReceiveReport, ReceiveError> {
         })?;
     }
 
-    let mut latency = stats::new_histogram();
-    let mut inter_arrival = stats::new_histogram();
+    let mut tally = Tally::new();
     let mut batch: Vec<FrameDesc> = Vec::with_capacity(RX_BATCH);
     let mut progress = Progress::new(settings.progress);
-    let (mut first_ns, mut last_ns) = (0u64, 0u64);
-    let (mut tcp_first, mut tcp_last): (Option<Instant>, Option<Instant>) = (None, None);
     let mut last_activity = Instant::now();
     let mut stop_seen: Option<Instant> = None;
     let start = Instant::now();
+    let expected = settings.expect_sources.as_slice();
     loop {
         let mut received = 0;
         if let Some(side) = udp.as_mut() {
-            received = side.worker.rx_batch(Side::Inside, &mut batch, RX_BATCH);
-            for desc in batch.drain(..) {
-                let now = monotonic_ns();
-                if let Some(packet) = wire::parse(side.worker.packet_mut(&desc)) {
-                    if let Some((sequence, sent_ns)) = packet.stamp {
-                        if report.packets == 0 {
-                            first_ns = now;
-                        } else {
-                            stats::record(&mut inter_arrival, now.saturating_sub(last_ns));
-                        }
-                        last_ns = now;
-                        report.packets += 1;
-                        report.bytes += desc.len() as u64;
-                        report.sequence_span = report.sequence_span.max(sequence + 1);
-                        stats::record(&mut latency, now.saturating_sub(sent_ns));
-                        if !settings.expect_sources.is_empty()
-                            && !settings.expect_sources.contains(&packet.src_ip)
-                        {
-                            report.source_mismatches += 1;
-                            report
-                                .first_mismatch
-                                .get_or_insert_with(|| packet.src_ip.to_string());
-                        }
-                    } else {
-                        report.foreign += 1;
-                    }
-                } else {
-                    report.foreign += 1;
-                }
-                side.worker.recycle(desc);
-            }
-            side.worker.flush();
+            received = tally.udp_batch(side, &mut batch, &mut report, expected);
         }
         if let Some(listener) = &listener {
-            while let Ok((stream, peer)) = listener.accept() {
-                let now = Instant::now();
-                tcp_first.get_or_insert(now);
-                tcp_last = Some(now);
-                report.tcp_accepted += 1;
-                received += 1;
-                let from = match peer {
-                    SocketAddr::V4(peer) => Some(*peer.ip()),
-                    SocketAddr::V6(_) => None,
-                };
-                if !settings.expect_sources.is_empty()
-                    && !from.is_some_and(|from| settings.expect_sources.contains(&from))
-                {
-                    report.tcp_source_mismatches += 1;
-                    report
-                        .first_mismatch
-                        .get_or_insert_with(|| peer.ip().to_string());
-                }
-                drop(stream);
-            }
+            received += tally.accept_tcp(listener, &mut report, expected);
         }
         if received > 0 {
             last_activity = Instant::now();
@@ -290,17 +373,7 @@ pub fn run(settings: &ReceiveSettings) -> Result<ReceiveReport, ReceiveError> {
                 report.foreign
             )
         });
-        if start.elapsed() >= settings.duration
-            || settings
-                .expect_count
-                .is_some_and(|count| report.packets + report.tcp_accepted >= count)
-            || settings.idle_exit.is_some_and(|idle| {
-                report.packets + report.tcp_accepted > 0 && last_activity.elapsed() >= idle
-            })
-            || stop_seen.is_some_and(|seen| {
-                seen.elapsed() >= DRAIN_AFTER_STOP && last_activity.elapsed() >= POLL_INTERVAL
-            })
-        {
+        if finished(settings, &report, start, last_activity, stop_seen) {
             break;
         }
         if stop_seen.is_none()
@@ -326,19 +399,7 @@ pub fn run(settings: &ReceiveSettings) -> Result<ReceiveReport, ReceiveError> {
         }
     }
     progress.finish();
-    report.seconds = last_ns.saturating_sub(first_ns) as f64 / 1e9;
-    if report.seconds > 0.0 {
-        report.pps = report.packets as f64 / report.seconds;
-        report.gbit_per_s = report.bytes as f64 * 8.0 / report.seconds / 1e9;
-    }
-    report.latency = Percentiles::of(&latency);
-    report.inter_arrival = Percentiles::of(&inter_arrival);
-    if let (Some(first), Some(last)) = (tcp_first, tcp_last) {
-        report.tcp_seconds = last.duration_since(first).as_secs_f64();
-        if report.tcp_seconds > 0.0 {
-            report.connections_per_s = report.tcp_accepted as f64 / report.tcp_seconds;
-        }
-    }
+    tally.finish(&mut report);
     report.process = cpu::process_times("self").unwrap_or_default();
     Ok(report)
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 
-use crate::compare::{
+use crate::results::{
     CompareError, CompareReport, Contestant, LoadKind, Outputs, PointResult, PointStatus,
 };
 
@@ -520,8 +520,8 @@ fn format_axis(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::{CompareSettings, MachineInfo, Profile};
     use crate::receive::ReceiveReport;
+    use crate::results::{CompareSettings, MachineInfo, Profile};
     use std::path::PathBuf;
 
     fn point(

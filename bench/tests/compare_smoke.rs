@@ -70,7 +70,7 @@ fn compare_runs_the_kernel_and_renders_every_output() {
     );
 
     // The lab of that process is gone.
-    let namespaces = egw_lab::namespaces_with_prefix(&format!("egwlab-{pid}-")).unwrap();
+    let namespaces = egw_testbed::namespaces_with_prefix(&format!("egwlab-{pid}-")).unwrap();
     assert!(namespaces.is_empty(), "left behind: {namespaces:?}");
 
     let files: Vec<PathBuf> = std::fs::read_dir(out.path())

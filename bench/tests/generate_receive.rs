@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use egw_lab::{Gateway, Lab, LabConfig};
+use egw_testbed::{Gateway, LabConfig, Testbed};
 use serde_json::Value;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_egw-bench");
@@ -36,8 +36,12 @@ fn path_arg(path: &Path) -> String {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario on one lab: UDP load, then TCP connections, each checked end to end"
+)]
 fn udp_and_tcp_load_arrive_translated() {
-    let mut lab = Lab::build(LabConfig::new(1, PathBuf::from(BENCH)).unwrap()).unwrap();
+    let mut lab = Testbed::build(LabConfig::new(1, PathBuf::from(BENCH)).unwrap()).unwrap();
     lab.start_gateway(Gateway::Kernel).unwrap();
     let pod = lab.pod_namespace("pod-a").unwrap();
     let inet = lab.inet_namespace();
@@ -166,7 +170,7 @@ fn udp_and_tcp_load_arrive_translated() {
 
 #[test]
 fn a_wrong_expected_source_is_counted() {
-    let mut lab = Lab::build(LabConfig::new(1, PathBuf::from(BENCH)).unwrap()).unwrap();
+    let mut lab = Testbed::build(LabConfig::new(1, PathBuf::from(BENCH)).unwrap()).unwrap();
     lab.start_gateway(Gateway::Kernel).unwrap();
     let pod = lab.pod_namespace("pod-a").unwrap();
     let dir = lab.workdir().to_owned();

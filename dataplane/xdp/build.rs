@@ -12,6 +12,8 @@ fn main() {
     println!("cargo:rerun-if-changed={SOURCE}");
     println!("cargo:rerun-if-env-changed=EGW_CLANG");
 
+    // A build script reports failure by panicking (as below for clang); cargo always sets it.
+    #[allow(clippy::expect_used, reason = "build scripts fail by panicking")]
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let object = out_dir.join("egw_steer.bpf.o");
     let clang = env::var("EGW_CLANG").unwrap_or_else(|_| "clang".to_owned());

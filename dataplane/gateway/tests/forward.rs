@@ -12,13 +12,14 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use egw_netns::link::{self, End};
+use egw_netns::Netns;
 use egw_proto::v1;
 use egw_proto::v1::gateway_client::GatewayClient;
 
@@ -30,149 +31,51 @@ const ECHO_PORT: u16 = 7777;
 const CLIENTS: usize = 8;
 
 fn run(args: &[&str]) -> String {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run {args:?}: {error}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    egw_netns::cmd::run_args(args[0], &args[1..])
+        .unwrap_or_else(|error| panic!("{error}"))
+        .stdout
 }
 
-/// The three namespaces; deleted on drop.
+/// The three namespaces; deleted on drop (egw-netns guards).
 struct TestNet {
     pod: String,
     gw: String,
     inet: String,
+    _guards: [Netns; 3],
 }
 
 impl TestNet {
     fn new() -> Self {
-        let id = format!("egwg-{}", std::process::id());
-        let net = TestNet {
-            pod: format!("{id}-pod"),
-            gw: format!("{id}-gw"),
-            inet: format!("{id}-inet"),
-        };
-        let (pod, gw, inet) = (net.pod.as_str(), net.gw.as_str(), net.inet.as_str());
-        for ns in [pod, gw, inet] {
-            run(&["ip", "netns", "add", ns]);
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        run(&[
-            "ip",
-            "-n",
-            gw,
-            "link",
-            "add",
-            "gw-in",
-            "numtxqueues",
-            "2",
-            "numrxqueues",
-            "2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "pod0",
-            "numtxqueues",
-            "2",
-            "numrxqueues",
-            "2",
-            "netns",
-            pod,
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            gw,
-            "link",
-            "add",
-            "gw-out",
-            "numtxqueues",
-            "2",
-            "numrxqueues",
-            "2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "inet0",
-            "numtxqueues",
-            "2",
-            "numrxqueues",
-            "2",
-            "netns",
-            inet,
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            gw,
-            "addr",
-            "add",
-            "10.244.0.1/16",
-            "dev",
-            "gw-in",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            gw,
-            "addr",
-            "add",
-            "203.0.113.1/24",
-            "dev",
-            "gw-out",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            gw,
-            "addr",
-            "add",
-            "198.51.100.1/32",
-            "dev",
-            "gw-out",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            pod,
-            "addr",
-            "add",
-            "10.244.1.10/16",
-            "dev",
-            "pod0",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            inet,
-            "addr",
-            "add",
-            "203.0.113.10/24",
-            "dev",
-            "inet0",
-        ]);
-        for (ns, dev) in [
-            (gw, "gw-in"),
-            (gw, "gw-out"),
-            (pod, "pod0"),
-            (inet, "inet0"),
+        let id = egw_netns::namespace::unique_name("egwg");
+        let guards =
+            ["pod", "gw", "inet"].map(|role| Netns::create(format!("{id}-{role}")).unwrap());
+        let [pod, gw, inet] = guards.each_ref().map(|netns| netns.name().to_owned());
+        let end = |namespace, name| End { namespace, name };
+        link::add_veth(end(&gw, "gw-in"), end(&pod, "pod0"), Some(2)).unwrap();
+        link::add_veth(end(&gw, "gw-out"), end(&inet, "inet0"), Some(2)).unwrap();
+        for (ns, dev, cidr) in [
+            (&gw, "gw-in", "10.244.0.1/16"),
+            (&gw, "gw-out", "203.0.113.1/24"),
+            (&gw, "gw-out", "198.51.100.1/32"),
+            (&pod, "pod0", "10.244.1.10/16"),
+            (&inet, "inet0", "203.0.113.10/24"),
         ] {
-            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            link::add_address(ns, dev, cidr).unwrap();
+        }
+        for (ns, dev) in [
+            (&gw, "gw-in"),
+            (&gw, "gw-out"),
+            (&pod, "pod0"),
+            (&inet, "inet0"),
+        ] {
+            link::set_up(ns, dev).unwrap();
             // Frames the kernel sends with a partial checksum would reach AF_XDP unfinished.
-            run(&["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]);
+            link::disable_tx_offload(ns, dev).unwrap();
         }
         run(&[
             "ip",
             "-n",
-            pod,
+            &pod,
             "route",
             "add",
             "default",
@@ -182,7 +85,7 @@ impl TestNet {
         run(&[
             "ip",
             "-n",
-            inet,
+            &inet,
             "route",
             "add",
             "198.51.100.0/24",
@@ -193,30 +96,23 @@ impl TestNet {
             "ip",
             "netns",
             "exec",
-            gw,
+            &gw,
             "sysctl",
             "-qw",
             "net.ipv4.ip_forward=1",
         ]);
-        net
-    }
-}
-
-impl Drop for TestNet {
-    fn drop(&mut self) {
-        for ns in [&self.pod, &self.gw, &self.inet] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        TestNet {
+            pod,
+            gw,
+            inet,
+            _guards: guards,
         }
     }
 }
 
 /// Enters network namespace `ns` on the current thread.
 fn enter_netns(ns: &str) {
-    let file = File::open(format!("/run/netns/{ns}")).unwrap();
-    // SAFETY: setns(2) on a valid namespace fd; it changes only the calling (test-owned) thread's
-    // network namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    egw_netns::enter(ns).unwrap();
 }
 
 /// The gateway process; stopped (SIGTERM, then SIGKILL) on drop.
@@ -343,7 +239,7 @@ async fn control_calls(path: PathBuf) -> ControlResults {
         .unwrap()
         .into_inner();
     let table = |generation: u64, pool_b_address: &str| {
-        egw_proto::yaml::RouteTable::from_yaml_str(&format!(
+        egw_proto::yaml::RouteTableDocument::from_yaml_str(&format!(
             "generation: {generation}\n\
              pools:\n  - {{ name: pool-a, addresses: [198.51.100.1] }}\n  \
              - {{ name: pool-b, addresses: [{pool_b_address}] }}\n\
@@ -394,6 +290,10 @@ async fn control_calls(path: PathBuf) -> ControlResults {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario: start, traffic, control calls, reload and shutdown of one gateway process, checked in order"
+)]
 fn pod_udp_is_snatted_and_the_reply_comes_back() {
     let net = TestNet::new();
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,5 @@
 //! Memory advice for the dataplane's large tables.
+#![allow(unsafe_code)] // madvise(2); the block says why it is sound.
 
 use std::io;
 

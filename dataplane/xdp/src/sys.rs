@@ -4,6 +4,7 @@
 //! Needed to find and remove a stale egw program left on an interface by an
 //! older run (a netlink attachment survives its process; a BPF link pinned or
 //! held by a leaked fd does too).
+#![allow(unsafe_code)] // raw netlink and bpf(2) syscalls; every block says why it is sound.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -122,14 +123,18 @@ fn transact(request: &[u8]) -> io::Result<Vec<u8>> {
             "short netlink reply",
         ));
     }
-    let message_len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    let message_type = u16::from_ne_bytes([buf[4], buf[5]]);
+    let short = || io::Error::new(io::ErrorKind::InvalidData, "short netlink reply");
+    let message_len = bytes_at(&buf, 0)
+        .map(u32::from_ne_bytes)
+        .ok_or_else(short)? as usize;
+    let message_type = bytes_at(&buf, 4)
+        .map(u16::from_ne_bytes)
+        .ok_or_else(short)?;
     let end = message_len.min(buf.len());
-    let payload = buf[NLMSG_HDR_LEN..end].to_vec();
+    let payload = buf.get(NLMSG_HDR_LEN..end).ok_or_else(short)?.to_vec();
     if message_type == libc::NLMSG_ERROR as u16 {
-        let code = payload
-            .get(..4)
-            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        let code = bytes_at(&payload, 0)
+            .map(i32::from_ne_bytes)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short netlink error"))?;
         if code != 0 {
             return Err(io::Error::from_raw_os_error(-code));
@@ -138,18 +143,21 @@ fn transact(request: &[u8]) -> io::Result<Vec<u8>> {
     Ok(payload)
 }
 
+/// The `N` bytes of `data` at offset `at`, if it holds them (the kernel's replies are
+/// untrusted input: a short one is an error, never a panic).
+fn bytes_at<const N: usize>(data: &[u8], at: usize) -> Option<[u8; N]> {
+    data.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
 fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
-        if data.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
-        let kind = u16::from_ne_bytes([data[2], data[3]]) & NLA_TYPE_MASK;
+        let len = usize::from(u16::from_ne_bytes(bytes_at(data, 0)?));
+        let kind = u16::from_ne_bytes(bytes_at(data, 2)?) & NLA_TYPE_MASK;
         if len < 4 || len > data.len() {
             return None;
         }
-        let payload = &data[4..len];
-        data = &data[len.next_multiple_of(4).min(data.len())..];
+        let payload = data.get(4..len)?;
+        data = data.get(len.next_multiple_of(4).min(data.len())..)?;
         Some((kind, payload))
     })
 }

@@ -1,5 +1,10 @@
 //! End-to-end tests on veth pairs inside test-created network namespaces.
 //! Need root (CAP_NET_ADMIN + CAP_BPF), `ip`, `nsenter` and `bpftool`.
+// unsafe: if_nametoindex(3) to check attachments by index. clippy.toml allows unwrap, expect and
+// indexing in #[test] functions only; the helpers here are test code too, where a panic is a
+// test failure.
+#![allow(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod netns;
 

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::error::{LabError, Result};
-use crate::topology::{Lab, MIRROR_ADDRESS};
+use egw_testbed::topology::MIRROR_ADDRESS;
+use egw_testbed::{LabError, Result};
+
+use crate::lab::Lab;
 
 /// Upper bound on each iperf3 run.
 pub const MAX_BENCH_SECONDS: u32 = 10;

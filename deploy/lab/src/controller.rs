@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use egw_policy::Decision;
 use egw_proto::yaml;
 
-use crate::error::{LabError, Result};
-use crate::topology::LabConfig;
+use egw_testbed::gateway::write_atomically;
+use egw_testbed::{LabConfig, LabError, Result};
 
 /// Environment variable naming the egw-controller binary.
 pub const CONTROLLER_BIN_ENV: &str = "EGW_CONTROLLER_BIN";
@@ -96,12 +96,12 @@ pub fn write_manifests(
 ) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|source| LabError::io(format!("creating {}", dir.display()), source))?;
-    crate::gateway::write_atomically(
+    write_atomically(
         &dir.join(GATEWAY_FILE),
         &gateway_manifest(control_socket, addresses),
     )?;
-    crate::gateway::write_atomically(&dir.join(POLICY_FILE), &policy_manifest())?;
-    crate::gateway::write_atomically(&dir.join(WORKLOADS_FILE), &workloads_manifest(config))?;
+    write_atomically(&dir.join(POLICY_FILE), &policy_manifest())?;
+    write_atomically(&dir.join(WORKLOADS_FILE), &workloads_manifest(config))?;
     Ok(())
 }
 
@@ -113,7 +113,7 @@ pub fn expected_egress(
     pod: Ipv4Addr,
     destination: Ipv4Addr,
 ) -> Result<std::result::Result<Vec<Ipv4Addr>, String>> {
-    let table = yaml::RouteTable::from_yaml_str(table_yaml)
+    let table = yaml::RouteTableDocument::from_yaml_str(table_yaml)
         .map_err(|e| LabError::Config(format!("the gateway's route table does not parse: {e}")))?;
     let compiled = egw_proto::spec::compile(&table.to_proto()).map_err(|e| {
         LabError::Config(format!("the gateway's route table does not compile: {e}"))

@@ -3,8 +3,10 @@
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 
-use crate::error::Result;
-use crate::topology::{IcmpObservation, Lab};
+use egw_testbed::Result;
+
+use crate::lab::Lab;
+use crate::observe::IcmpObservation;
 
 /// What a pod's egress should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +67,7 @@ fn expectation(lab: &Lab, pod: &str, source: ExpectationSource) -> Result<Expect
         ExpectationSource::ServedTable => match lab.expected_egress_from_table(pod)? {
             Ok(addresses) if addresses.len() == 1 => Expectation::Egress(addresses[0]),
             Ok(addresses) => {
-                return Err(crate::error::LabError::Config(format!(
+                return Err(egw_testbed::LabError::Config(format!(
                     "{pod} may leave through any of {addresses:?}: the demo needs a paired pool"
                 )))
             }

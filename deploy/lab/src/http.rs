@@ -6,7 +6,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::error::{LabError, Result};
+use egw_testbed::{LabError, Result};
 
 /// Request line plus all headers may not exceed this; protects the mirror from unbounded reads.
 pub const MAX_HEAD_BYTES: u64 = 16 * 1024;

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{LabError, Result};
+use egw_testbed::{LabError, Result};
+
 use crate::http;
 use crate::icmp;
 use crate::pattern::PatternStream;

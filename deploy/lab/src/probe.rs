@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{LabError, Result};
+use egw_testbed::{LabError, Result};
+
 use crate::http::Client;
 use crate::icmp;
 use crate::pattern::PatternStream;

@@ -8,6 +8,7 @@
 //! the entries, then hands the slots back with a release store of the consumer
 //! index. Userspace is producer of FILL and TX and consumer of RX and
 //! COMPLETION; the kernel plays the other side.
+#![allow(unsafe_code)] // rings shared with the kernel; every block says why it is sound.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};

@@ -1,4 +1,5 @@
 //! UMEM registration and AF_XDP socket setup (ring sizing, mapping, binding).
+#![allow(unsafe_code)] // the UMEM mapping and socket set-up; every block says why it is sound.
 
 use std::io;
 use std::mem::size_of;
@@ -95,12 +96,13 @@ impl UmemArea {
         }
     }
 
-    /// Copies `len` bytes at `offset` from frame `from` to frame `to`.
+    /// Copies `len` bytes at `offset` from frame `from` to frame `to`; false
+    /// (nothing copied) when `offset + len` does not fit a frame.
     ///
     /// # Safety
     ///
-    /// Both frames must satisfy [`Self::frame_mut`]'s requirements, be
-    /// distinct, and `offset + len <= frame_size`.
+    /// Both frames must satisfy [`Self::frame_mut`]'s requirements and be
+    /// distinct.
     pub(crate) unsafe fn copy_between(
         source: &mut Self,
         from: u64,
@@ -108,13 +110,25 @@ impl UmemArea {
         to: u64,
         offset: usize,
         len: usize,
-    ) {
+    ) -> bool {
         // SAFETY: forwarded from this function's contract; the areas are
         // distinct mappings (or distinct frames), so the slices do not overlap.
         let source_bytes = unsafe { source.frame_mut(from) };
         // SAFETY: as above.
         let target_bytes = unsafe { target.frame_mut(to) };
-        target_bytes[offset..offset + len].copy_from_slice(&source_bytes[offset..offset + len]);
+        let Some(end) = offset.checked_add(len) else {
+            return false;
+        };
+        match (
+            target_bytes.get_mut(offset..end),
+            source_bytes.get(offset..end),
+        ) {
+            (Some(target), Some(source)) => {
+                target.copy_from_slice(source);
+                true
+            }
+            _ => false,
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 //! The safe per-worker API over AF_XDP sockets and their UMEM.
+#![allow(unsafe_code)] // UMEM frame access and poll(2); every block says why it is sound.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -78,15 +79,6 @@ pub enum Side {
     Inside,
     /// Internet-facing socket.
     Outside,
-}
-
-impl Side {
-    fn index(self) -> usize {
-        match self {
-            Self::Inside => 0,
-            Self::Outside => 1,
-        }
-    }
 }
 
 /// Ownership of one UMEM frame plus the packet's position in it.
@@ -473,13 +465,13 @@ impl Worker {
         validate(config)?;
         let inside_index = resolve(inside)?;
         let outside_index = resolve(outside)?;
-        let mut pools = vec![Pool::new(config)?];
-        let inside_socket = open_own_umem(&pools[0], inside, inside_index, queue, config)?;
+        let first = Pool::new(config)?;
+        let inside_socket = open_own_umem(&first, inside, inside_index, queue, config)?;
 
         let mut shared = None;
         if config.share_umem {
             match XskSocket::open(
-                &pools[0].area,
+                &first.area,
                 config.headroom,
                 ring_sizes(config),
                 outside_index,
@@ -491,16 +483,15 @@ impl Worker {
                     "sharing the UMEM between inside and outside sockets failed; using separate UMEMs, forwarded frames will be copied"),
             }
         }
-        let (outside_socket, outside_umem) = match shared {
-            Some(socket) => (socket, 0),
+        let (outside_socket, pools) = match shared {
+            Some(socket) => (socket, vec![first]),
             None => {
-                pools.push(Pool::new(config)?);
-                (
-                    open_own_umem(&pools[1], outside, outside_index, queue, config)?,
-                    1,
-                )
+                let second = Pool::new(config)?;
+                let socket = open_own_umem(&second, outside, outside_index, queue, config)?;
+                (socket, vec![first, second])
             }
         };
+        let outside_umem = pools.len() - 1;
         let shared_umem = outside_umem == 0;
         let ports = vec![
             Port {
@@ -529,8 +520,41 @@ impl Worker {
         Ok(Self::new(ports, pools, [0, 1], config))
     }
 
+    /// Index in `ports` of the socket serving `side`.
+    fn port_index(&self, side: Side) -> usize {
+        let [inside, outside] = self.side_port;
+        match side {
+            Side::Inside => inside,
+            Side::Outside => outside,
+        }
+    }
+
+    /// The socket serving `side`.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "side_port holds indices of `ports` only (set with them by the constructors)"
+    )]
     fn port(&self, side: Side) -> &Port {
-        &self.ports[self.side_port[side.index()]]
+        &self.ports[self.port_index(side)]
+    }
+
+    /// The frames of UMEM `umem`.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "every `umem` of a Port or of a FrameDesc this worker issued (see check_owner) \
+                  indexes `pools`: both are set from it by the constructors and `alloc_frame`/`rx_batch`"
+    )]
+    fn pool(&self, umem: usize) -> &Pool {
+        &self.pools[umem]
+    }
+
+    /// [`Self::pool`], mutable.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "as `pool`: the index comes from this worker's own Port or FrameDesc"
+    )]
+    fn pool_mut(&mut self, umem: usize) -> &mut Pool {
+        &mut self.pools[umem]
     }
 
     /// How the socket of `side` came up.
@@ -571,14 +595,20 @@ impl Worker {
 
     /// Free frames in the UMEM that `side` transmits from.
     pub fn free_frames(&self, side: Side) -> usize {
-        self.pools[self.port(side).umem].free.len()
+        self.pool(self.port(side).umem).free.len()
     }
 
     /// Appends up to `max` received frames of `side` to `out`; returns how
     /// many. Reuse `out` across calls so no allocation happens.
     pub fn rx_batch(&mut self, side: Side, out: &mut Vec<FrameDesc>, max: usize) -> usize {
-        let port = &mut self.ports[self.side_port[side.index()]];
-        let area = &self.pools[port.umem].area;
+        let port_index = self.port_index(side);
+        // Both exist (see `port`, `pool`); the fields are borrowed apart, hence no helpers.
+        let Some(port) = self.ports.get_mut(port_index) else {
+            return 0;
+        };
+        let Some(area) = self.pools.get(port.umem).map(|pool| &pool.area) else {
+            return 0;
+        };
         let frame_size = area.frame_size();
         let umem_len = u64::from(frame_size) * u64::from(area.frame_count());
         let frame_mask = !(u64::from(frame_size) - 1);
@@ -628,7 +658,11 @@ impl Worker {
         // from the free list). A live `FrameDesc` means userspace owns the
         // frame: it is unique (not Clone) and is consumed when the frame goes
         // back to the kernel. `&mut self` makes the returned slice exclusive.
-        unsafe { self.pools[desc.umem as usize].area.frame_mut(desc.base) }
+        unsafe {
+            self.pool_mut(usize::from(desc.umem))
+                .area
+                .frame_mut(desc.base)
+        }
     }
 
     /// The packet bytes of `desc`, read-only: lets a caller look at a whole batch at once
@@ -643,8 +677,9 @@ impl Worker {
         // SAFETY: as in `frame_mut`: `desc` comes from this worker, so `base` is
         // an in-bounds frame start of `pools[umem]` and userspace owns the frame
         // while `desc` lives; `&self` rules out a concurrent `&mut` slice.
-        let frame = unsafe { self.pools[desc.umem as usize].area.frame(desc.base) };
-        &frame[range]
+        let frame = unsafe { self.pool(usize::from(desc.umem)).area.frame(desc.base) };
+        // `FrameDesc` keeps offset + len <= capacity, so this is the whole packet.
+        frame.get(range).unwrap_or_default()
     }
 
     /// The packet bytes of `desc` (`offset..offset + len` of its frame).
@@ -655,25 +690,27 @@ impl Worker {
     pub fn packet_mut(&mut self, desc: &FrameDesc) -> &mut [u8] {
         let range = desc.offset()..desc.offset() + desc.len();
         // In bounds: `FrameDesc` keeps offset + len <= capacity.
-        &mut self.frame_mut(desc)[range]
+        self.frame_mut(desc).get_mut(range).unwrap_or_default()
     }
 
     /// A frame for a packet the worker builds itself, from the UMEM `side`
     /// transmits from; the packet window starts empty at the RX headroom.
     pub fn alloc_frame(&mut self, side: Side) -> Option<FrameDesc> {
         let umem = self.port(side).umem;
-        let pool = &mut self.pools[umem];
+        let rx_offset = self.rx_offset;
+        let id = self.id;
+        let pool = self.pool_mut(umem);
         let Some(base) = pool.free.pop() else {
             self.counters.alloc_failed += 1;
             return None;
         };
         Some(FrameDesc {
             base,
-            offset: self.rx_offset,
+            offset: rx_offset,
             len: 0,
             capacity: pool.area.frame_size(),
             umem: umem as u8,
-            worker: self.id,
+            worker: id,
         })
     }
 
@@ -684,7 +721,7 @@ impl Worker {
     /// If `desc` was issued by another `Worker`.
     pub fn recycle(&mut self, desc: FrameDesc) {
         self.check_owner(&desc);
-        self.pools[desc.umem as usize].free.push(desc.base);
+        self.pool_mut(usize::from(desc.umem)).free.push(desc.base);
     }
 
     /// Queues the packet of `desc` for transmission on `side`; it leaves at
@@ -701,28 +738,34 @@ impl Worker {
             self.recycle(desc);
             return TxStatus::DroppedEmpty;
         }
-        let port_index = self.side_port[side.index()];
-        let target_umem = self.ports[port_index].umem;
+        let port_index = self.port_index(side);
+        let target_umem = self.port(side).umem;
         let desc = if desc.umem as usize == target_umem {
             desc
         } else {
-            let Some(target_base) = self.pools[target_umem].free.pop() else {
+            let Some(target_base) = self.pool_mut(target_umem).free.pop() else {
                 self.counters.tx_no_frame += 1;
                 self.recycle(desc);
                 return TxStatus::DroppedNoFrame;
             };
-            let (first, second) = self.pools.split_at_mut(1);
+            // Two UMEMs (this branch): pool 0 and pool 1, one of them the target.
+            let [first, second] = self.pools.as_mut_slice() else {
+                self.pool_mut(target_umem).free.push(target_base);
+                self.counters.tx_no_frame += 1;
+                self.recycle(desc);
+                return TxStatus::DroppedNoFrame;
+            };
             let (source, target) = if target_umem == 0 {
-                (&mut second[0], &mut first[0])
+                (second, first)
             } else {
-                (&mut first[0], &mut second[0])
+                (first, second)
             };
             // SAFETY: `desc.base` is owned by userspace (live FrameDesc of this
             // worker) and `target_base` was just taken off the free list, so
             // both are in-bounds, userspace-owned frame starts of their
             // (distinct) areas; `offset + len <= capacity` is a FrameDesc
             // invariant and both areas use the same frame size.
-            unsafe {
+            let copied = unsafe {
                 UmemArea::copy_between(
                     &mut source.area,
                     desc.base,
@@ -730,7 +773,14 @@ impl Worker {
                     target_base,
                     desc.offset(),
                     desc.len(),
-                );
+                )
+            };
+            if !copied {
+                // Unreachable while FrameDesc keeps offset + len <= capacity.
+                self.pool_mut(target_umem).free.push(target_base);
+                self.counters.tx_no_frame += 1;
+                self.recycle(desc);
+                return TxStatus::DroppedNoFrame;
             }
             self.counters.tx_copied += 1;
             let copied = FrameDesc {
@@ -747,7 +797,11 @@ impl Worker {
             len: desc.len,
             options: 0,
         };
-        let port = &mut self.ports[port_index];
+        // `port_index` names a port (see `port`); the counters are borrowed beside it.
+        let Some(port) = self.ports.get_mut(port_index) else {
+            self.recycle(desc);
+            return TxStatus::DroppedRingFull;
+        };
         if !port.socket.tx.push(entry) {
             // Let the kernel drain what is queued, then retry once.
             port.socket.tx.publish();
@@ -807,7 +861,9 @@ impl Worker {
             }
         }
         for port in ports.iter_mut() {
-            let pool = &mut pools[port.umem];
+            let Some(pool) = pools.get_mut(port.umem) else {
+                continue;
+            };
             let frame_mask = !(u64::from(pool.area.frame_size()) - 1);
             let completed = port.socket.completion.consume(*ring_size, |address| {
                 pool.free.push(address & frame_mask);
@@ -815,7 +871,9 @@ impl Worker {
             counters.tx_completed += u64::from(completed);
         }
         for port in ports.iter_mut() {
-            let pool = &mut pools[port.umem];
+            let Some(pool) = pools.get_mut(port.umem) else {
+                continue;
+            };
             let room = port.socket.fill.free_slots(*ring_size);
             let spare = pool.free.len().saturating_sub(pool.reserve);
             let count = spare.min(room as usize);

@@ -1,36 +1,24 @@
-//! Test network: namespaces + veth pairs created per test with unique names,
-//! deleted by an RAII guard even when the test panics. All traffic stays
-//! inside these namespaces.
+//! Test network of the XDP tests: namespaces + veth pairs created per test with unique
+//! names (egw-netns), deleted by RAII guards even when the test panics, plus frame builders.
+//! All traffic stays inside these namespaces.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use egw_netns::link::{self, End};
+use egw_netns::Netns;
 use egw_xdp::xsk::{Side, Worker};
-
-static NEXT_NET: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command, panicking with its output on failure.
 pub fn run(args: &[&str]) -> String {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    egw_netns::cmd::run_args(args[0], &args[1..])
+        .unwrap_or_else(|error| panic!("{error}"))
+        .stdout
 }
 
-/// Namespaces of one test:
+/// Namespaces of one test (deleted when dropped, also on panic):
 /// - `gw`   : `gw0` 10.77.0.1/24 (inside), `gw1` 10.78.0.1/24 (outside),
 ///   10.77.1.1/32 on `lo` (a kernel-side destination behind the gateway)
 /// - `pod`  : `pod0` 10.77.0.2/24, route 10.77.1.0/24 via 10.77.0.1
@@ -39,6 +27,7 @@ pub struct TestNet {
     pub gw: String,
     pub pod: String,
     pub ext: String,
+    _guards: [Netns; 3],
 }
 
 pub const GW_INSIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -49,83 +38,48 @@ pub const EXT: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 2);
 
 impl TestNet {
     pub fn new() -> Self {
-        let id = format!(
-            "egwx-{}-{}",
-            std::process::id(),
-            NEXT_NET.fetch_add(1, Ordering::Relaxed)
-        );
-        // The guard exists before the first namespace, so a failure half-way
-        // still deletes whatever was created.
-        let net = Self {
-            gw: format!("{id}-gw"),
-            pod: format!("{id}-pod"),
-            ext: format!("{id}-ext"),
-        };
-        for ns in [&net.gw, &net.pod, &net.ext] {
-            run(&["ip", "netns", "add", ns]);
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        let id = egw_netns::namespace::unique_name("egwx");
+        // Each guard exists as soon as its namespace does, so a failure half-way still deletes
+        // whatever was created.
+        let guards =
+            ["gw", "pod", "ext"].map(|role| Netns::create(format!("{id}-{role}")).unwrap());
+        let [gw, pod, ext] = guards.each_ref().map(|netns| netns.name().to_owned());
+        let end = |namespace, name| End { namespace, name };
+        link::add_veth(end(&gw, "gw0"), end(&pod, "pod0"), None).unwrap();
+        link::add_veth(end(&gw, "gw1"), end(&ext, "ext0"), None).unwrap();
+        for (ns, dev, cidr) in [
+            (&gw, "gw0", "10.77.0.1/24"),
+            (&gw, "gw1", "10.78.0.1/24"),
+            (&gw, "lo", "10.77.1.1/32"),
+            (&pod, "pod0", "10.77.0.2/24"),
+            (&ext, "ext0", "10.78.0.2/24"),
+        ] {
+            link::add_address(ns, dev, cidr).unwrap();
         }
-        let (gw, pod, ext) = (net.gw.as_str(), net.pod.as_str(), net.ext.as_str());
-        run(&[
-            "ip", "-n", gw, "link", "add", "gw0", "type", "veth", "peer", "name", "pod0", "netns",
-            pod,
-        ]);
-        run(&[
-            "ip", "-n", gw, "link", "add", "gw1", "type", "veth", "peer", "name", "ext0", "netns",
-            ext,
-        ]);
-        run(&["ip", "-n", gw, "addr", "add", "10.77.0.1/24", "dev", "gw0"]);
-        run(&["ip", "-n", gw, "addr", "add", "10.78.0.1/24", "dev", "gw1"]);
-        run(&["ip", "-n", gw, "addr", "add", "10.77.1.1/32", "dev", "lo"]);
-        run(&[
-            "ip",
-            "-n",
-            pod,
-            "addr",
-            "add",
-            "10.77.0.2/24",
-            "dev",
-            "pod0",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            ext,
-            "addr",
-            "add",
-            "10.78.0.2/24",
-            "dev",
-            "ext0",
-        ]);
-        for (ns, dev) in [(gw, "gw0"), (gw, "gw1"), (pod, "pod0"), (ext, "ext0")] {
-            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        for (ns, dev) in [(&gw, "gw0"), (&gw, "gw1"), (&pod, "pod0"), (&ext, "ext0")] {
+            link::set_up(ns, dev).unwrap();
         }
         run(&[
             "ip",
             "-n",
-            pod,
+            &pod,
             "route",
             "add",
             "10.77.1.0/24",
             "via",
             "10.77.0.1",
         ]);
-        net
+        TestNet {
+            gw,
+            pod,
+            ext,
+            _guards: guards,
+        }
     }
 
     /// MAC address of `dev` in namespace `ns`.
     pub fn mac(&self, ns: &str, dev: &str) -> [u8; 6] {
-        let out = run(&["ip", "-n", ns, "link", "show", "dev", dev]);
-        let text = out
-            .split("link/ether ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no MAC in {out}"));
-        let mut mac = [0u8; 6];
-        for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-            *byte = u8::from_str_radix(part, 16).unwrap();
-        }
-        mac
+        link::mac(ns, dev).unwrap()
     }
 
     /// `ip -d link show` of `dev` in the gateway namespace.
@@ -134,29 +88,9 @@ impl TestNet {
     }
 }
 
-impl Drop for TestNet {
-    fn drop(&mut self) {
-        for ns in [&self.gw, &self.pod, &self.ext] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
 /// Runs `f` on a thread that has entered network namespace `ns`.
 pub fn in_netns<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let file = File::open(format!("/run/netns/{ns}")).unwrap();
-                // SAFETY: setns(2) on a valid namespace fd; it only changes
-                // this (test-owned, short-lived) thread's network namespace.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    egw_netns::in_netns(ns, f).unwrap()
 }
 
 /// Sends `count` UDP datagrams `"{marker}-{i}"` from `from` to `to` inside `ns`.

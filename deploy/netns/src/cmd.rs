@@ -7,14 +7,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::error::{LabError, Result};
+use crate::error::{NetnsError, Result};
 
 /// How long one iproute2/nft/ethtool invocation may take. They normally finish in milliseconds;
 /// the bound only exists so a wedged kernel or tool cannot hang a test forever.
 pub const ADMIN_COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Poll interval for bounded waits on child processes and files.
-pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(20);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Captured output of a finished command.
 #[derive(Debug, Clone)]
@@ -41,7 +41,7 @@ pub fn run(mut command: Command, timeout: Duration) -> Result<CommandOutput> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = command.spawn().map_err(|source| LabError::Spawn {
+    let mut child = command.spawn().map_err(|source| NetnsError::Spawn {
         command: description.clone(),
         source,
     })?;
@@ -51,20 +51,23 @@ pub fn run(mut command: Command, timeout: Duration) -> Result<CommandOutput> {
         Ok(Some(status)) => status,
         Ok(None) => {
             kill_and_reap(&mut child);
-            return Err(LabError::Timeout {
+            return Err(NetnsError::Timeout {
                 command: description,
                 timeout,
             });
         }
         Err(source) => {
             kill_and_reap(&mut child);
-            return Err(LabError::io(format!("waiting for `{description}`"), source));
+            return Err(NetnsError::io(
+                format!("waiting for `{description}`"),
+                source,
+            ));
         }
     };
     let stdout = stdout_reader.join().unwrap_or_default();
     let stderr = stderr_reader.join().unwrap_or_default();
     if !status.success() {
-        return Err(LabError::CommandFailed {
+        return Err(NetnsError::CommandFailed {
             command: description,
             status: status.to_string(),
             stderr: stderr.trim().to_owned(),

@@ -62,13 +62,23 @@ pub enum LabError {
         #[source]
         source: serde_yaml::Error,
     },
+    /// Rendering the route table (egw_proto's YAML form) failed.
+    #[error("serialising route table: {source}")]
+    TableYaml {
+        #[source]
+        source: egw_proto::yaml::YamlError,
+    },
+    /// Creating, entering or deleting a namespace, or a bounded command, failed (egw-netns).
+    #[error(transparent)]
+    Netns(#[from] egw_netns::NetnsError),
     /// An HTTP exchange with the mirror went wrong.
     #[error("http {context}: {detail}")]
     Http { context: String, detail: String },
 }
 
 impl LabError {
-    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+    /// A [`LabError::Io`] with what was being done.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         LabError::Io {
             context: context.into(),
             source,

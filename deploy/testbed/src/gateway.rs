@@ -3,7 +3,7 @@
 //!
 //! The egw-gateway contract the lab relies on:
 //! - started as `egw-gateway --config <file>` inside the gateway namespace, config as written
-//!   by [`EgwGatewayConfig`] (YAML), route table as written by [`RouteTable`];
+//!   by [`EgwGatewayConfig`] (YAML), route table as written by [`route_table_for_lab`];
 //! - ready once `control.unix_socket` exists;
 //! - on SIGHUP, re-reads `route_table_file` (the lab replaces it atomically, generation + 1);
 //! - exits on SIGTERM/SIGKILL;
@@ -14,10 +14,12 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use egw_proto::yaml;
+use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::error::{LabError, Result};
-use crate::topology::{LabConfig, GW_INSIDE_ADDRESS, GW_INSIDE_IF, POD_CIDR};
+use crate::topology::config::{LabConfig, GW_INSIDE_ADDRESS, GW_INSIDE_IF, POD_CIDR};
 
 /// Which gateway forwards pod traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,85 +145,62 @@ impl EgwGatewayConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RouteTablePool {
-    pub name: String,
-    pub addresses: Vec<Ipv4Addr>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RouteTableRule {
-    pub destination: String,
-    pub snat: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RouteTablePolicy {
-    pub name: String,
-    pub rules: Vec<RouteTableRule>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RouteTableSource {
-    pub cidr: String,
-    pub policy: String,
-}
-
-/// The route table file egw-gateway loads at start and on SIGHUP.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RouteTable {
-    pub generation: u64,
-    pub pools: Vec<RouteTablePool>,
-    pub policies: Vec<RouteTablePolicy>,
-    pub sources: Vec<RouteTableSource>,
-}
-
 /// Policy name used for "everything via `pool`": `pool-a` → `via-a`.
 pub fn policy_name_for_pool(pool: &str) -> String {
     format!("via-{}", pool.strip_prefix("pool-").unwrap_or(pool))
 }
 
-impl RouteTable {
-    /// One pool per lab pool, one catch-all policy per pool, one /32 source per pod.
-    pub fn for_lab(config: &LabConfig, generation: u64) -> Self {
-        RouteTable {
-            generation,
-            pools: config
-                .pools
-                .iter()
-                .map(|pool| RouteTablePool {
-                    name: pool.name.clone(),
-                    addresses: vec![pool.address],
-                })
-                .collect(),
-            policies: config
-                .pools
-                .iter()
-                .map(|pool| RouteTablePolicy {
-                    name: policy_name_for_pool(&pool.name),
-                    rules: vec![RouteTableRule {
-                        destination: "0.0.0.0/0".to_owned(),
-                        snat: pool.name.clone(),
-                    }],
-                })
-                .collect(),
-            sources: config
-                .pods
-                .iter()
-                .map(|pod| RouteTableSource {
-                    cidr: format!("{}/32", pod.address),
-                    policy: policy_name_for_pool(&pod.pool),
-                })
-                .collect(),
-        }
+/// The lab's route table in the gateway's own YAML form ([`yaml::RouteTableDocument`], the document
+/// egw-gateway loads at start and on SIGHUP): one pool per lab pool, one catch-all policy per
+/// pool, one /32 source per pod.
+pub fn route_table_for_lab(config: &LabConfig, generation: u64) -> yaml::RouteTableDocument {
+    yaml::RouteTableDocument {
+        generation,
+        pools: config
+            .pools
+            .iter()
+            .map(|pool| yaml::Pool {
+                name: pool.name.clone(),
+                addresses: vec![yaml::PoolAddress {
+                    snat: pool.address,
+                    public: None,
+                }],
+                pairing: true,
+            })
+            .collect(),
+        policies: config
+            .pools
+            .iter()
+            .map(|pool| yaml::Policy {
+                name: policy_name_for_pool(&pool.name),
+                rules: vec![yaml::Rule {
+                    destination: Ipv4Net::default(),
+                    action: yaml::Action::Snat {
+                        pool: pool.name.clone(),
+                    },
+                    description: None,
+                }],
+            })
+            .collect(),
+        sources: config
+            .pods
+            .iter()
+            .map(|pod| yaml::Source {
+                cidr: Ipv4Net::from(pod.address),
+                policy: policy_name_for_pool(&pod.pool),
+            })
+            .collect(),
+        default_action: yaml::Action::Deny {
+            reason: yaml::DEFAULT_DENY_REASON.to_owned(),
+        },
     }
+}
 
-    pub fn to_yaml(&self) -> Result<String> {
-        serde_yaml::to_string(self).map_err(|source| LabError::Yaml {
-            what: "route table",
-            source,
-        })
-    }
+/// [`route_table_for_lab`] rendered as YAML.
+pub fn route_table_yaml(config: &LabConfig, generation: u64) -> Result<String> {
+    route_table_for_lab(config, generation)
+        .to_yaml_string()
+        .map_err(|source| LabError::TableYaml { source })
 }
 
 /// Writes `contents` to `path` via a temporary file + rename, so a reader never sees a
@@ -238,7 +217,7 @@ pub fn write_egw_files(config: &LabConfig, dir: &Path) -> Result<PathBuf> {
     let gateway_config = EgwGatewayConfig::for_lab(config, dir);
     write_atomically(
         &gateway_config.route_table_file,
-        &RouteTable::for_lab(config, 1).to_yaml()?,
+        &route_table_yaml(config, 1)?,
     )?;
     let config_path = dir.join(EGW_CONFIG_FILE);
     write_atomically(&config_path, &gateway_config.to_yaml()?)?;
@@ -333,17 +312,35 @@ mod tests {
         );
     }
 
-    #[test]
-    fn route_table_matches_the_documented_shape() {
-        let yaml = RouteTable::for_lab(&lab_config(), 1).to_yaml().unwrap();
-        assert_eq!(
-            yaml,
-            "generation: 1\npools:\n- name: pool-a\n  addresses:\n  - 198.51.100.1\n\
+    /// The lab's table before it used `egw_proto::yaml`'s types: the gateway must read the
+    /// same table from what the lab writes now.
+    const LAB_TABLE_BEFORE: &str =
+        "generation: 1\npools:\n- name: pool-a\n  addresses:\n  - 198.51.100.1\n\
              - name: pool-b\n  addresses:\n  - 198.51.100.2\npolicies:\n- name: via-a\n  rules:\n\
              \x20 - destination: 0.0.0.0/0\n    snat: pool-a\n- name: via-b\n  rules:\n\
              \x20 - destination: 0.0.0.0/0\n    snat: pool-b\nsources:\n\
-             - cidr: 10.244.1.10/32\n  policy: via-a\n- cidr: 10.244.1.11/32\n  policy: via-b\n"
+             - cidr: 10.244.1.10/32\n  policy: via-a\n- cidr: 10.244.1.11/32\n  policy: via-b\n";
+
+    #[test]
+    fn route_table_matches_the_documented_shape() {
+        let yaml = route_table_yaml(&lab_config(), 1).unwrap();
+        assert_eq!(
+            yaml,
+            "generation: 1\npools:\n- name: pool-a\n  addresses:\n  - 198.51.100.1\n  pairing: true\n\
+             - name: pool-b\n  addresses:\n  - 198.51.100.2\n  pairing: true\npolicies:\n- name: via-a\n  rules:\n\
+             \x20 - destination: 0.0.0.0/0\n    snat: pool-a\n- name: via-b\n  rules:\n\
+             \x20 - destination: 0.0.0.0/0\n    snat: pool-b\nsources:\n\
+             - cidr: 10.244.1.10/32\n  policy: via-a\n- cidr: 10.244.1.11/32\n  policy: via-b\n\
+             default:\n  deny: no policy for source\n"
         );
+        // The same document as before the lab used the proto types: the defaults the old
+        // writer left out are now spelled out, and read back identically.
+        let before = yaml::RouteTableDocument::from_yaml_str(LAB_TABLE_BEFORE).unwrap();
+        assert_eq!(
+            yaml::RouteTableDocument::from_yaml_str(&yaml).unwrap(),
+            before
+        );
+        assert_eq!(route_table_for_lab(&lab_config(), 1), before);
     }
 
     #[test]
@@ -357,7 +354,7 @@ mod tests {
     #[test]
     fn one_armed_uses_the_inside_interface_for_both_directions() {
         let mut config = lab_config();
-        config.arms = crate::topology::Arms::One;
+        config.arms = crate::topology::config::Arms::One;
         let gateway_config = EgwGatewayConfig::for_lab(&config, Path::new("/d"));
         assert_eq!(gateway_config.inside_interface, "gw-in");
         assert_eq!(gateway_config.outside_interface, "gw-in");
