@@ -70,6 +70,16 @@ pub const RULES: &[Rule] = &[
         why: "the packet builder and decoder are an independent check of the engine: they share no code with it",
     },
     Rule {
+        package: "egw-netns",
+        forbidden: &["egw-*", "tokio", "tonic"],
+        why: "the namespace helper is the bottom of every real-packet test: std, libc and nothing of ours",
+    },
+    Rule {
+        package: "egw-testbed",
+        forbidden: &["egw-lab", "egw-bench", "egw-controller", "egw-engine", "kube*", "aws-*"],
+        why: "the test bed is the layer the lab and the bench share: it runs a gateway, it does not link one",
+    },
+    Rule {
         package: "egw-controller",
         forbidden: &["egw-engine", "egw-xdp", "egw-natlog*", "io-uring", "aya*", "egw-testkit"],
         why: "the controller computes and pushes tables: it links no dataplane",
