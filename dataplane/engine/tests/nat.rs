@@ -427,6 +427,52 @@ fn rfc5508_req3_outbound_icmp_error_from_a_pod_is_translated() {
     }
 }
 
+/// A flow of pod A's, and the frame pod A received on it (what an error would quote).
+fn delivered_to_pod_a(gw: &mut Gateway) -> Vec<u8> {
+    let ext = source(&gw.expect_forward(Ingress::Inside, &udp_out(POD_A, 40000, MIRROR, 8081)));
+    gw.send(Ingress::Outside, &udp_in(MIRROR, 8081, ext.0, ext.1))
+        .frame()
+        .to_vec()
+}
+
+#[test]
+fn outbound_icmp_error_from_another_source_than_the_quoted_pod_is_dropped() {
+    // Pod B (another tenant) quotes pod A's live flow to send an error from pod A's external
+    // address: the outer source is not the quoted destination.
+    let mut gw = Gateway::new(two_pool_table(1));
+    let quote = icmp_quote(ip_packet_of(&delivered_to_pod_a(&mut gw)).expect("ip")).to_vec();
+    let forged = from_pod(POD_B).icmp_error(3, 3, 0, &quote).build();
+    gw.expect_drop(Ingress::Inside, &forged, DropReason::BadIcmpError);
+    let unknown = from_pod(POD_UNKNOWN).icmp_error(3, 3, 0, &quote).build();
+    gw.expect_drop(Ingress::Inside, &unknown, DropReason::BadIcmpError);
+    assert_eq!(gw.engines[0].counters().icmp_errors_translated, 0);
+}
+
+#[test]
+fn outbound_icmp_error_to_another_destination_than_the_quoted_source_is_dropped() {
+    // Pod A itself aims an error built on its flow with MIRROR at a different host.
+    let mut gw = Gateway::new(two_pool_table(1));
+    let quote = icmp_quote(ip_packet_of(&delivered_to_pod_a(&mut gw)).expect("ip")).to_vec();
+    let elsewhere = from_pod(POD_A)
+        .ipv4(POD_A, OTHER_REMOTE)
+        .icmp_error(3, 3, 0, &quote)
+        .build();
+    gw.expect_drop(Ingress::Inside, &elsewhere, DropReason::BadIcmpError);
+}
+
+#[test]
+fn outbound_icmp_error_follows_the_senders_current_policy() {
+    let mut gw = Gateway::new(two_pool_table(1));
+    let quote = icmp_quote(ip_packet_of(&delivered_to_pod_a(&mut gw)).expect("ip")).to_vec();
+    let err = from_pod(POD_A).icmp_error(3, 3, 0, &quote).build();
+    // A new table without pod A: its flow lives on, but its errors no longer leave translated.
+    let mut without_a = two_pool_table(2);
+    without_a.sources.retain(|s| s.cidr.addr() != POD_A);
+    gw.apply(without_a);
+    gw.expect_drop(Ingress::Inside, &err, DropReason::NoPolicy);
+    assert_eq!(gw.engines[0].counters().icmp_errors_translated, 0);
+}
+
 #[test]
 fn rfc5508_req3_icmp_error_with_bad_checksum_is_dropped() {
     let mut gw = Gateway::new(two_pool_table(1));

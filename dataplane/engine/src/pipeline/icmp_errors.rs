@@ -11,6 +11,7 @@ use crate::packet::{
     self, Endpoint, IcmpErrorQuote, Parsed, Protocol, Transport, ICMP_CODE_FRAG_NEEDED,
     ICMP_DEST_UNREACHABLE, ICMP_TIME_EXCEEDED,
 };
+use egw_policy::Decision;
 
 pub(super) struct IcmpRateLimit {
     pub(super) tokens: u32,
@@ -131,7 +132,22 @@ impl Engine {
         frame: &mut [u8],
         p: &Parsed,
         q: &IcmpErrorQuote,
+        now: Duration,
     ) -> Verdict {
+        // An error is about a packet its sender received: it goes back to where that packet came
+        // from (outer source = quoted destination, outer destination = quoted source, as Linux
+        // checks). Without this, any source could send error payloads anywhere from the external
+        // address of another pod's flow.
+        if p.src != q.dst || p.dst != q.src {
+            return self.drop(DropReason::BadIcmpError);
+        }
+        // The sender's policy decides, as for any other packet it sends: errors leave through
+        // the gateway only while its policy still translates this destination.
+        match self.table.lookup(p.src, p.dst) {
+            Decision::Snat(_) => {}
+            Decision::Bypass => return self.bypass(frame, p, now),
+            Decision::Deny(_) => return self.drop(self.deny_reason(p.src)),
+        }
         let owner = self.outbound_owner(q.protocol, q.dst, q.dst_port);
         if owner != self.config.core {
             self.counters.handoffs += 1;

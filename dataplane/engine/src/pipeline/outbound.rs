@@ -42,7 +42,7 @@ impl Engine {
             | Transport::Udp { .. }
             | Transport::IcmpEcho { request: true, .. } => self.outbound_flow(frame, p, now),
             Transport::IcmpEcho { request: false, .. } => self.drop(DropReason::NoFlow),
-            Transport::IcmpError(q) => self.outbound_icmp_error(frame, p, &q),
+            Transport::IcmpError(q) => self.outbound_icmp_error(frame, p, &q, now),
             Transport::LaterFragment => self.drop(DropReason::BadIpv4Header),
         }
     }
@@ -78,14 +78,7 @@ impl Engine {
     ) -> Verdict {
         let slot = match self.table.lookup(p.src, p.dst) {
             Decision::Bypass => return self.bypass(frame, p, now),
-            Decision::Deny(_) => {
-                let reason = if self.table.source_has_policy(p.src) {
-                    DropReason::Denied
-                } else {
-                    DropReason::NoPolicy
-                };
-                return self.drop(reason);
-            }
+            Decision::Deny(_) => return self.drop(self.deny_reason(p.src)),
             Decision::Snat(pool) => match self.new_outbound_flow(p, key, hash, pool, secs(now)) {
                 Ok(slot) => slot,
                 Err(reason) => return self.drop(reason),
@@ -129,6 +122,15 @@ impl Engine {
             side: Side::Outside,
             destination: p.dst,
             len: p.frame_len(),
+        }
+    }
+
+    /// Why the route table denies `src`: a source it knows is `denied`, any other has no policy.
+    pub(super) fn deny_reason(&self, src: Ipv4Addr) -> DropReason {
+        if self.table.source_has_policy(src) {
+            DropReason::Denied
+        } else {
+            DropReason::NoPolicy
         }
     }
 
