@@ -130,10 +130,16 @@ impl Fragments {
 
     /// Records the action for a datagram (called when its first fragment is processed) and marks
     /// any stashed fragments of it ready for release.
+    ///
+    /// Each tracked datagram has exactly one entry in `order`, with the same deadline as its map
+    /// entry: a repeated first fragment (a retransmission, or the IP id reused while the datagram
+    /// is still tracked) updates the action but keeps the first deadline, so the map entry can
+    /// never outlive its place in the expiry order (an orphan would hold a slot for good).
     pub fn record(&mut self, datagram: DatagramId, action: FragmentAction, now_ms: u64) {
-        let expires_ms = now_ms + u64::from(self.config.timeout_ms);
-        if !self.entries.contains_key(&datagram) {
-            self.expire_entries(now_ms);
+        self.expire_entries(now_ms);
+        if let Some(entry) = self.entries.get_mut(&datagram) {
+            entry.action = action;
+        } else {
             if self.entries.len() >= self.config.datagrams as usize {
                 // Evict the oldest datagram: fragments are short-lived, and a stale entry is
                 // worth less than a live one.
@@ -141,9 +147,10 @@ impl Fragments {
                     self.entries.remove(&oldest);
                 }
             }
+            let expires_ms = now_ms + u64::from(self.config.timeout_ms);
             self.order.push_back((datagram, expires_ms));
+            self.entries.insert(datagram, Entry { action, expires_ms });
         }
-        self.entries.insert(datagram, Entry { action, expires_ms });
         for slot in self
             .stash
             .iter_mut()
@@ -271,6 +278,53 @@ mod tests {
         assert_eq!(&bytes[..len], &[1, 2, 3]);
         f.restore(index, bytes);
         assert_eq!(f.stashed(), 0);
+    }
+
+    #[test]
+    fn a_repeated_first_fragment_never_orphans_its_entry() {
+        // Two datagrams fit. A's first fragment comes twice; once its deadline passes it must
+        // leave the table, or it holds one of the two slots for good.
+        let mut f = Fragments::new(FragmentConfig {
+            datagrams: 2,
+            ..FragmentConfig::default()
+        });
+        let action = FragmentAction::TranslateSource(Ipv4Addr::new(198, 51, 100, 1));
+        f.record(dgram(1), action, 0);
+        f.record(dgram(1), action, 20_000);
+        f.record(dgram(2), action, 31_000);
+        assert_eq!(
+            f.lookup(&dgram(1), 31_000),
+            None,
+            "A keeps its first deadline"
+        );
+        f.record(dgram(3), action, 100_000);
+        f.record(dgram(4), action, 100_000);
+        assert!(f.lookup(&dgram(3), 100_000).is_some());
+        assert!(f.lookup(&dgram(4), 100_000).is_some());
+        assert_eq!(f.tracked(), 2);
+        assert_eq!(
+            f.order.len(),
+            f.entries.len(),
+            "one expiry-order entry per datagram"
+        );
+    }
+
+    #[test]
+    fn a_reused_ip_id_after_expiry_is_tracked_afresh() {
+        let mut f = Fragments::new(FragmentConfig::default());
+        let first = FragmentAction::TranslateSource(Ipv4Addr::new(198, 51, 100, 1));
+        let second = FragmentAction::TranslateSource(Ipv4Addr::new(198, 51, 100, 2));
+        f.record(dgram(7), first, 0);
+        assert_eq!(f.lookup(&dgram(7), 31_000), None);
+        f.record(dgram(7), second, 40_000);
+        assert_eq!(f.lookup(&dgram(7), 69_000), Some(second));
+        assert_eq!(f.lookup(&dgram(7), 70_000), None);
+        assert_eq!((f.order.len(), f.entries.len()), (1, 1));
+        // Many repeats inside the window add nothing to either structure.
+        for t in 0..1000 {
+            f.record(dgram(7), second, 41_000 + t);
+        }
+        assert_eq!((f.order.len(), f.entries.len()), (1, 1));
     }
 
     #[test]
